@@ -1,0 +1,93 @@
+"""The ``rdistill`` command line. Thin: parse options, build a config, call one engine function."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import UserError
+from .report import print_table, stdout, write_result
+
+app = typer.Typer(help="Distill a 2D foundation model (CLIP) into a sparse 3D lidar backbone, and evaluate it.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+VERSION = typer.Option("v1.0-sim", "--version", help="nuScenes table version (v1.0-trainval, v1.0-mini, v1.0-sim, ...).")
+
+
+def user_errors(fn):
+    """Turn a :class:`UserError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise UserError(f"image size '{text}': write it as WIDTHxHEIGHT, e.g. 416x224") from None
+
+
+@app.command("make-sim")
+@user_errors
+def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not exist or be empty)."),
+             scenes: int = typer.Option(8, help="Number of scenes."),
+             samples_per_scene: int = typer.Option(8, help="Keyframes per scene (2 Hz)."),
+             seed: int = typer.Option(0, help="Random seed; the town is deterministic for a seed."),
+             lidar: str = typer.Option("hdl32", help="hdl32 (nuScenes-like) or hdl64 (out-of-distribution town)."),
+             image_size: str = typer.Option("416x224", help="Camera image size WIDTHxHEIGHT (multiples of 16)."),
+             version: str = VERSION,
+             workers: int = typer.Option(2, help="Parallel scene renderers."),
+             quiet: bool = QUIET) -> None:
+    """Generate the synthetic town: a nuScenes-format dataset that nuscenes-devkit loads like real data."""
+    from .data.sim.writer import SimConfig, make_town
+    from .progress import progress_bar
+
+    try:
+        cfg = SimConfig(scenes=scenes, samples_per_scene=samples_per_scene, seed=seed, lidar=lidar,
+                        image_size=_parse_size(image_size), version=version)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    try:
+        with progress_bar("make-sim", scenes, quiet, unit="scenes") as bar:
+            summary = make_town(out, cfg, workers=workers, progress=lambda done, total: bar.advance())
+    except FileExistsError as err:
+        raise UserError(str(err)) from None
+    stdout.print(f"wrote synthetic town ({summary['samples']} samples, {scenes} scenes, lidar {lidar}) to {out}")
+
+
+@app.command()
+@user_errors
+def inspect(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."), version: str = VERSION,
+            min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+            out: Optional[Path] = typer.Option(None, help="Also write the counts as JSON here."),
+            quiet: bool = QUIET) -> None:
+    """Counts of scenes, samples, points per class and point-pixel pairs per camera."""
+    from .engine.inspect import inspect_dataset
+
+    result = inspect_dataset(dataroot, version, min_depth, quiet)
+    print_table(f"{result['dataroot']} ({version}): {result['scenes']} scenes, {result['samples']} samples "
+                f"(train {result['samples_per_split']['train']}, val {result['samples_per_split']['val']})",
+                ["class", "points", "share"],
+                [(k, v, v / max(result["points"], 1)) for k, v in result["points_per_class"].items()])
+    print_table("point-pixel pairs", ["camera", "pairs"], list(result["pairs_per_camera"].items()))
+    stdout.print(f"{result['paired_points']} of {result['points']} lidar points "
+                 f"({100 * result['paired_fraction']:.1f} %) are paired with at least one camera pixel")
+    if out:
+        write_result(out, result)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,207 @@
+"""nuScenes (real or synthetic) through nuscenes-devkit -> a compact per-sample index.
+
+Reading the devkit's JSON tables is slow for trainval, so the index is built once and cached as one JSON
+file: per keyframe, the lidar and label files, every camera's image file, intrinsics and the full
+lidar -> camera matrix. Training reads only the index; the devkit never runs in data-loader workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import CLASS_NAMES
+from ..errors import UserError
+from .geometry import invert_transform, make_transform
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
+INDEX_FORMAT = 1
+_OFFICIAL_SPLITS = {"v1.0-trainval": ("train", "val"), "v1.0-mini": ("mini_train", "mini_val"),
+                    "v1.0-test": ("test", None)}
+
+
+def check_dataroot(dataroot: Path, version: str) -> None:
+    """Raise a one-line :class:`UserError` unless ``dataroot`` holds nuScenes tables for ``version``."""
+    dataroot = Path(dataroot)
+    if not dataroot.is_dir():
+        raise UserError(f"{dataroot}: no such folder; pass the nuScenes dataroot (the folder that holds "
+                        f"'{version}/', 'samples/' and 'lidarseg/'), or make one with 'rdistill make-sim {dataroot}'")
+    if not (dataroot / version).is_dir():
+        found = sorted(p.name for p in dataroot.iterdir() if p.is_dir() and (p / "sample.json").exists())
+        hint = f"versions found there: {', '.join(found)}" if found else "no nuScenes table folder found there"
+        raise UserError(f"{dataroot / version}: no such table folder ({hint}); pass --version with one of them")
+    missing = [t for t in ("sample", "sample_data", "calibrated_sensor", "ego_pose", "scene")
+               if not (dataroot / version / f"{t}.json").exists()]
+    if missing:
+        raise UserError(f"{dataroot / version}: not a nuScenes table folder (missing {', '.join(t + '.json' for t in missing)}); "
+                        f"re-download or regenerate the dataset")
+
+
+def load_devkit(dataroot: Path, version: str):
+    """The devkit's ``NuScenes`` object, after checking the folder."""
+    check_dataroot(dataroot, version)
+    from nuscenes import NuScenes
+
+    return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+
+
+def lidar_to_camera(nusc, lidar_sample_data_token: str, camera_sample_data_token: str) -> np.ndarray:
+    """(4, 4) transform lidar -> ego (lidar time) -> global -> ego (camera time) -> camera, float64."""
+    lidar = nusc.get("sample_data", lidar_sample_data_token)
+    camera = nusc.get("sample_data", camera_sample_data_token)
+
+    def record_transform(table: str, token: str) -> np.ndarray:
+        rec = nusc.get(table, token)
+        return make_transform(rec["translation"], rec["rotation"])
+
+    ego_from_lidar = record_transform("calibrated_sensor", lidar["calibrated_sensor_token"])
+    global_from_ego_l = record_transform("ego_pose", lidar["ego_pose_token"])
+    global_from_ego_c = record_transform("ego_pose", camera["ego_pose_token"])
+    ego_from_camera = record_transform("calibrated_sensor", camera["calibrated_sensor_token"])
+    return invert_transform(ego_from_camera) @ invert_transform(global_from_ego_c) @ global_from_ego_l @ ego_from_lidar
+
+
+def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
+    """Scene names per split: the devkit's official splits for real versions, ``splits.json`` otherwise."""
+    if version in _OFFICIAL_SPLITS:
+        from nuscenes.utils.splits import create_splits_scenes
+
+        official = create_splits_scenes()
+        train, val = _OFFICIAL_SPLITS[version]
+        return {"train": official[train], "val": official[val] if val else []}
+    path = Path(dataroot) / "splits.json"
+    if not path.exists():
+        raise UserError(f"{path}: missing; a dataset of version '{version}' needs a splits.json "
+                        f"({{\"train\": [scene names], \"val\": [...]}}) beside its tables")
+    try:
+        data = json.loads(path.read_text())
+        return {"train": list(data["train"]), "val": list(data["val"])}
+    except (ValueError, KeyError) as err:
+        raise UserError(f"{path}: not a valid splits file ({err}); it needs 'train' and 'val' lists") from None
+
+
+@dataclass
+class DatasetIndex:
+    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`."""
+
+    dataroot: str
+    version: str
+    fine_to_coarse: list[int]       # 32 -> 16 class map from the devkit (0 = ignore)
+    samples: list[dict]
+
+    def split(self, name: str) -> list[dict]:
+        return [s for s in self.samples if s["split"] == name]
+
+    def to_json(self) -> dict:
+        return {"format": INDEX_FORMAT, "dataroot": self.dataroot, "version": self.version,
+                "fine_to_coarse": self.fine_to_coarse, "samples": self.samples}
+
+
+def build_index(dataroot: Path, version: str) -> DatasetIndex:
+    """Walk every keyframe with the devkit and collect what training and evaluation need."""
+    nusc = load_devkit(dataroot, version)
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+
+    splits = scene_splits(dataroot, version)
+    split_of = {name: split for split, names in splits.items() for name in names}
+    fine_to_coarse = [0] * 32
+    has_labels = hasattr(nusc, "lidarseg")
+    if has_labels:
+        mapper = LidarsegClassMapper(nusc)
+        coarse = mapper.coarse_name_2_coarse_idx_mapping
+        if [n for n, i in sorted(coarse.items(), key=lambda kv: kv[1]) if i > 0] != list(CLASS_NAMES):
+            raise UserError("nuscenes-devkit's 16-class names differ from rdistill's; update nuscenes-devkit")
+        for fine, c in mapper.fine_idx_2_coarse_idx_mapping.items():
+            fine_to_coarse[fine] = c
+    samples = []
+    for sample in nusc.sample:
+        scene = nusc.get("scene", sample["scene_token"])
+        lidar_token = sample["data"]["LIDAR_TOP"]
+        lidar = nusc.get("sample_data", lidar_token)
+        record = {"token": sample["token"], "scene": scene["name"], "split": split_of.get(scene["name"]),
+                  "timestamp": sample["timestamp"], "lidar": lidar["filename"],
+                  "lidarseg": nusc.get("lidarseg", lidar_token)["filename"] if has_labels else None,
+                  "cameras": {}}
+        for cam in CAMERAS:
+            if cam not in sample["data"]:
+                continue
+            cam_sd = nusc.get("sample_data", sample["data"][cam])
+            calib = nusc.get("calibrated_sensor", cam_sd["calibrated_sensor_token"])
+            record["cameras"][cam] = {
+                "image": cam_sd["filename"], "image_size": [cam_sd["width"], cam_sd["height"]],
+                "intrinsic": calib["camera_intrinsic"],
+                "lidar_to_camera": lidar_to_camera(nusc, lidar_token, cam_sd["token"]).tolist()}
+        samples.append(record)
+    samples.sort(key=lambda s: (s["scene"], s["timestamp"]))
+    return DatasetIndex(str(Path(dataroot).resolve()), version, fine_to_coarse, samples)
+
+
+def _fingerprint(dataroot: Path, version: str) -> str:
+    h = hashlib.sha1()
+    for table in ("sample", "sample_data", "calibrated_sensor", "ego_pose", "scene", "lidarseg"):
+        p = Path(dataroot) / version / f"{table}.json"
+        if p.exists():
+            st = p.stat()
+            h.update(f"{table}:{st.st_size}:{st.st_mtime_ns}".encode())
+    split_file = Path(dataroot) / "splits.json"
+    if split_file.exists():
+        h.update(split_file.read_bytes())
+    return h.hexdigest()
+
+
+def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> DatasetIndex:
+    """The index of ``dataroot``, from the cache when it still matches the tables, else built and cached."""
+    check_dataroot(dataroot, version)
+    dataroot = Path(dataroot).resolve()
+    cache_dir = Path(cache_dir or os.environ.get("RDISTILL_CACHE", Path.home() / ".cache" / "rdistill"))
+    key = hashlib.sha1(f"{dataroot}|{version}".encode()).hexdigest()[:16]
+    path = cache_dir / f"index-{version}-{key}.json"
+    fingerprint = _fingerprint(dataroot, version)
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == INDEX_FORMAT and data.get("fingerprint") == fingerprint:
+                return DatasetIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"])
+        except ValueError:
+            pass  # a damaged cache is rebuilt below
+    index = build_index(dataroot, version)
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({**index.to_json(), "fingerprint": fingerprint}))
+    return index
+
+
+def read_lidar(dataroot: str | Path, relpath: str) -> np.ndarray:
+    """(N, 5) float32 points of a ``.pcd.bin`` file (x, y, z, intensity, ring)."""
+    path = Path(dataroot) / relpath
+    try:
+        raw = np.fromfile(path, dtype=np.float32)
+    except FileNotFoundError:
+        raise UserError(f"{path}: lidar file missing; re-download or regenerate the dataset") from None
+    if raw.size == 0 or raw.size % 5:
+        raise UserError(f"{path}: truncated or corrupt lidar file ({path.stat().st_size} bytes, not a multiple of "
+                        f"20); re-download or regenerate it")
+    return raw.reshape(-1, 5)
+
+
+def read_labels(dataroot: str | Path, relpath: str, num_points: int, fine_to_coarse: list[int]) -> np.ndarray:
+    """(N,) int64 16-class labels (0 = ignore) of a lidarseg file."""
+    path = Path(dataroot) / relpath
+    try:
+        fine = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"{path}: lidarseg label file missing; install nuScenes-lidarseg") from None
+    if len(fine) != num_points:
+        raise UserError(f"{path}: {len(fine)} labels for {num_points} lidar points; the label file is corrupt")
+    return np.asarray(fine_to_coarse, dtype=np.int64)[fine]
+
+
+def camera_list(sample: dict) -> list[dict]:
+    """The sample's cameras as arrays, in :data:`CAMERAS` order (what :func:`pair_points` takes)."""
+    return [{"name": name, "lidar_to_camera": np.asarray(c["lidar_to_camera"]), "intrinsic": np.asarray(c["intrinsic"]),
+             "image_size": tuple(c["image_size"]), "image": c["image"]}
+            for name, c in ((n, sample["cameras"][n]) for n in CAMERAS if n in sample["cameras"])]

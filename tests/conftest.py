@@ -1,0 +1,34 @@
+"""Shared fixtures: one tiny synthetic town per test session (generated, then read through the devkit)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RDISTILL_CACHE", tempfile.mkdtemp(prefix="rdistill-test-cache-"))
+
+
+@pytest.fixture(scope="session")
+def town(tmp_path_factory):
+    """A 3-scene, 2-samples-per-scene town with small images; returns its dataroot."""
+    from relational_distill.data.sim.writer import SimConfig, make_town
+
+    root = tmp_path_factory.mktemp("town") / "town"
+    make_town(root, SimConfig(scenes=3, samples_per_scene=2, seed=3, image_size=(192, 112)), workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def index(town, tmp_path_factory):
+    from relational_distill.data.nuscenes import load_index
+
+    return load_index(town, "v1.0-sim", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def nusc(town):
+    from relational_distill.data.nuscenes import load_devkit
+
+    return load_devkit(town, "v1.0-sim")

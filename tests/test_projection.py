@@ -1,0 +1,68 @@
+"""Our point -> pixel pairs against nuscenes-devkit's NuScenesExplorer.map_pointcloud_to_image."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyquaternion import Quaternion
+
+from relational_distill.data.geometry import matrix_to_quaternion, quaternion_to_matrix
+from relational_distill.data.nuscenes import CAMERAS, camera_list, lidar_to_camera, read_lidar
+from relational_distill.data.projection import IMAGE_MARGIN_PX, project_points
+
+
+def test_quaternions_agree_with_pyquaternion():
+    rng = np.random.default_rng(0)
+    for q in rng.normal(size=(20, 4)):
+        r = Quaternion(q / np.linalg.norm(q)).rotation_matrix
+        np.testing.assert_allclose(quaternion_to_matrix(q), r, atol=1e-12)
+        np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(r)), r, atol=1e-12)
+
+
+@pytest.mark.parametrize("sample_no", [0, 3])
+def test_pairs_match_devkit(nusc, index, sample_no):
+    sample = nusc.sample[sample_no]
+    rec = next(s for s in index.samples if s["token"] == sample["token"])
+    points = read_lidar(index.dataroot, rec["lidar"])
+    for cam in camera_list(rec):
+        dev_uv, dev_depth, im = nusc.explorer.map_pointcloud_to_image(sample["data"]["LIDAR_TOP"],
+                                                                       sample["data"][cam["name"]])
+        np.testing.assert_allclose(cam["lidar_to_camera"],
+                                   lidar_to_camera(nusc, sample["data"]["LIDAR_TOP"], sample["data"][cam["name"]]))
+        idx, uv, depth = project_points(points[:, :3], cam["lidar_to_camera"], cam["intrinsic"], im.size)
+        dev_uv = dev_uv[:2].T
+        assert len(idx) > 50
+        # match each devkit pixel to ours (both keep the original point order)
+        d2 = ((uv[:, None, :] - dev_uv[None, :, :]) ** 2).sum(-1) + (depth[:, None] - dev_depth[None]) ** 2
+        ours_to_dev = d2.argmin(1)
+        matched = np.sqrt(d2[np.arange(len(uv)), ours_to_dev]) < 0.5
+        w, h = im.size
+
+        def near_border(p):
+            return ((np.abs(p[:, 0] - IMAGE_MARGIN_PX) < 0.5) | (np.abs(p[:, 0] - (w - IMAGE_MARGIN_PX)) < 0.5)
+                    | (np.abs(p[:, 1] - IMAGE_MARGIN_PX) < 0.5) | (np.abs(p[:, 1] - (h - IMAGE_MARGIN_PX)) < 0.5))
+
+        assert (matched | near_border(uv)).all()
+        unmatched_dev = np.setdiff1d(np.arange(len(dev_uv)), ours_to_dev[matched])
+        assert near_border(dev_uv[unmatched_dev]).all()
+        assert np.abs(uv[matched] - dev_uv[ours_to_dev[matched]]).max() < 0.5
+
+
+def test_wrong_chain_moves_pixels(nusc, index):
+    """Sanity of the reference: skipping the camera-time ego pose moves points by whole pixels."""
+    rec = index.samples[1]
+    sample = nusc.get("sample", rec["token"])
+    points = read_lidar(index.dataroot, rec["lidar"])[:, :3]
+    cam = camera_list(rec)[0]
+    lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    cam_sd = nusc.get("sample_data", sample["data"][CAMERAS[0]])
+    good = lidar_to_camera(nusc, lidar_sd["token"], cam_sd["token"])
+    cam_sd_wrong = dict(cam_sd, ego_pose_token=lidar_sd["ego_pose_token"])
+    nusc.sample_data[nusc.getind("sample_data", cam_sd["token"])] = cam_sd_wrong
+    try:
+        wrong = lidar_to_camera(nusc, lidar_sd["token"], cam_sd["token"])
+    finally:
+        nusc.sample_data[nusc.getind("sample_data", cam_sd["token"])] = cam_sd
+    i1, uv1, _ = project_points(points, good, cam["intrinsic"], cam["image_size"])
+    i2, uv2, _ = project_points(points, wrong, cam["intrinsic"], cam["image_size"])
+    common, a, b = np.intersect1d(i1, i2, return_indices=True)
+    assert np.median(np.linalg.norm(uv1[a] - uv2[b], axis=1)) > 1.0
