@@ -25,6 +25,7 @@ $(RUN)/town/splits.json: | install
 
 demo: $(RUN)/town/splits.json
 	$(BIN)/rdistill inspect $(RUN)/town --out $(RUN)/inspect.json --quiet
+	$(BIN)/rdistill precompute $(RUN)/town --teacher sim-clip --out $(RUN)/features --quiet
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -89,5 +89,46 @@ def inspect(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."), ver
         write_result(out, result)
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+        return i, n
+    except ValueError:
+        raise UserError(f"--shard '{text}': write it as i/n, e.g. 0/4") from None
+
+
+@app.command()
+@user_errors
+def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
+               out: Path = typer.Option(..., help="Feature store folder (created, or resumed if it exists)."),
+               teacher: str = typer.Option("sim-clip", help="sim-clip (synthetic town) or openclip:MODEL/PRETRAINED, "
+                                                            "e.g. openclip:ViT-B-16/openai or openclip:ViT-B-16/ckpt.pt"),
+               version: str = VERSION,
+               image_size: str = typer.Option("416x224", help="Teacher input size WIDTHxHEIGHT (multiples of 16)."),
+               device: str = typer.Option("cpu", help="cpu or cuda."),
+               shard: str = typer.Option("0/1", help="Process only samples i, i+n, ... (i/n) to split the work."),
+               batch_size: int = typer.Option(1, help="Samples per forward pass (each has 6 images)."),
+               prompts: Optional[Path] = typer.Option(None, help="Prompts YAML (default configs/prompts.yaml)."),
+               quiet: bool = QUIET) -> None:
+    """Teacher dense features for every sample into a resumable, validated store; prints the teacher's U, T and
+    2D zero-shot accuracy."""
+    from .engine.precompute import PrecomputeConfig, precompute as run
+
+    result = run(PrecomputeConfig(dataroot=dataroot, out=out, teacher=teacher, version=version,
+                                  image_size=_parse_size(image_size), device=device, shard=_parse_shard(shard),
+                                  batch_size=batch_size, prompts=prompts, quiet=quiet))
+    stdout.print(f"computed {result['computed']} samples, skipped {result['skipped']} already stored "
+                 f"({result['seconds']:.1f} s)")
+    if not result["complete"]:
+        stdout.print(f"{result['missing']} samples still missing (other shards?); run again to finish")
+        return
+    label = " (synthetic)" if result["synthetic"] else ""
+    print_table(f"teacher {result['teacher']}{label}", ["metric", "value"],
+                [("uniformity U", result["uniformity"]), ("tolerance T", result["tolerance"]),
+                 ("2D zero-shot accuracy", result["zero_shot_pixel_accuracy"]), ("samples", result["samples"]),
+                 ("bytes on disk", result["bytes_on_disk"]), ("bytes per sample", result["bytes_per_sample"])])
+    stdout.print(f"summary: {Path(out) / 'summary.json'}")
+
+
 def main() -> None:  # pragma: no cover
     app()

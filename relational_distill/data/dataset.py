@@ -1,0 +1,86 @@
+"""Samples for distill / finetune / evaluate: points, labels, point-pixel pairs and the teacher features there.
+
+Everything is read from the compact index and the feature store, never through the devkit, so data-loader
+workers stay light.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..teachers.store import FeatureStore, sample_at_pixels
+from .nuscenes import DatasetIndex, camera_list, read_labels, read_lidar
+from .projection import pair_points
+
+
+def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = None, min_depth: float = 1.0,
+                max_pairs: int | None = None, rng: np.random.Generator | None = None) -> dict:
+    """One sample as tensors.
+
+    Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity, ring),
+    ``labels`` (N,) int64 16-class labels (0 = ignore or unlabelled), ``pair_point`` (M,) int64 index of the
+    paired point, and with a store ``pair_teacher`` (M, D) float32 L2-normalised teacher features. With
+    ``max_pairs``, at most that many pairs, drawn with ``rng``.
+    """
+    points = read_lidar(index.dataroot, sample["lidar"])
+    if sample.get("lidarseg"):
+        labels = read_labels(index.dataroot, sample["lidarseg"], len(points), index.fine_to_coarse)
+    else:
+        labels = np.zeros(len(points), np.int64)
+    out = {"token": sample["token"], "points": torch.from_numpy(points.copy()), "labels": torch.from_numpy(labels)}
+    if store is None:
+        return out
+    cams = camera_list(sample)
+    point_idx, cam_idx, uv = pair_points(points[:, :3], cams, min_depth)
+    if max_pairs is not None and len(point_idx) > max_pairs:
+        keep = np.sort((rng or np.random.default_rng()).choice(len(point_idx), max_pairs, replace=False))
+        point_idx, cam_idx, uv = point_idx[keep], cam_idx[keep], uv[keep]
+    features = torch.from_numpy(store.read(sample["token"]))
+    out["pair_point"] = torch.from_numpy(point_idx)
+    out["pair_teacher"] = sample_at_pixels(features, torch.from_numpy(cam_idx), torch.from_numpy(uv),
+                                           [c["image_size"] for c in cams])
+    return out
+
+
+class PointCloudDataset(Dataset):
+    """Samples of one split. ``augment`` applies a random rotation about z and a random flip to the points
+    (pairs were computed before, so they stay valid). Pair subsampling and augmentation are seeded by
+    (seed, epoch, item), so a resumed run sees exactly the same data."""
+
+    def __init__(self, index: DatasetIndex, samples: list[dict], store: FeatureStore | None = None,
+                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0):
+        self.index, self.samples, self.store = index, samples, store
+        self.max_pairs, self.augment, self.seed, self.min_depth = max_pairs, augment, seed, min_depth
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng)
+        if self.augment:
+            angle = rng.uniform(0, 2 * np.pi)
+            c, s = np.cos(angle), np.sin(angle)
+            rot = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=torch.float32)
+            if rng.random() < 0.5:
+                rot = rot @ torch.diag(torch.tensor([1.0, -1.0, 1.0]))
+            item["points"][:, :3] = item["points"][:, :3] @ rot.T
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Concatenate samples; ``batch`` (N,) is each point's sample, pair indices are shifted to the concatenation."""
+    out = {"tokens": [it["token"] for it in items],
+           "points": torch.cat([it["points"] for it in items]),
+           "labels": torch.cat([it["labels"] for it in items]),
+           "batch": torch.cat([torch.full((len(it["points"]),), b, dtype=torch.long) for b, it in enumerate(items)])}
+    if "pair_point" in items[0]:
+        offsets = np.cumsum([0] + [len(it["points"]) for it in items[:-1]])
+        out["pair_point"] = torch.cat([it["pair_point"] + int(o) for it, o in zip(items, offsets)])
+        out["pair_teacher"] = torch.cat([it["pair_teacher"] for it in items])
+    return out
