@@ -130,5 +130,41 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     stdout.print(f"summary: {Path(out) / 'summary.json'}")
 
 
+@app.command()
+@user_errors
+def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
+            features: Path = typer.Option(..., help="Feature store made by 'rdistill precompute'."),
+            out: Path = typer.Option(..., help="Run folder: checkpoint.pt, log.jsonl, distill.json."),
+            loss: Optional[str] = typer.Option(None, help="contrastive, similarity or relational (default relational)."),
+            config: Optional[Path] = typer.Option(None, help="YAML of DistillConfig fields, e.g. configs/distill_cpu.yaml."),
+            version: str = VERSION,
+            teacher: Optional[str] = typer.Option(None, help="Refuse a store made by another teacher than this."),
+            epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+            lr: Optional[float] = typer.Option(None), num_pairs: Optional[int] = typer.Option(None),
+            block_size: Optional[int] = typer.Option(None, help="Block-wise loss with blocks of this many rows."),
+            preset: Optional[str] = typer.Option(None, help="Student width: small (CPU) or minkunet34."),
+            seed: Optional[int] = typer.Option(None), workers: Optional[int] = typer.Option(None),
+            device: str = typer.Option("cpu", help="cpu or cuda; under torchrun one process per device."),
+            resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+            quiet: bool = QUIET) -> None:
+    """Distill the teacher into the sparse 3D student with one loss (multi-GPU / multi-node: run under torchrun)."""
+    from .config import load_config
+    from .engine.distill import DistillConfig, distill as run
+
+    cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                              "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
+                                              "seed": seed, "workers": workers})
+    result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet)
+    if result["world_size"] > 1 and int(__import__("os").environ.get("RANK", "0")) != 0:
+        return
+    print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
+                ["epoch", "mean loss"], [(e["epoch"] + 1, e["mean_loss"]) for e in result["epochs"]])
+    stdout.print(f"checkpoint: {result['checkpoint']}  ({result['samples_per_second']:.2f} samples/s)")
+
+
 def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover  (python -m relational_distill.cli, used under torchrun)
     app()

@@ -32,3 +32,25 @@ def nusc(town):
     from relational_distill.data.nuscenes import load_devkit
 
     return load_devkit(town, "v1.0-sim")
+
+
+TOWN_IMAGE = (192, 112)
+
+
+@pytest.fixture(scope="session")
+def store_dir(town, tmp_path_factory):
+    """sim-clip features of the test town."""
+    from relational_distill.engine.precompute import PrecomputeConfig, precompute
+
+    out = tmp_path_factory.mktemp("store") / "features"
+    precompute(PrecomputeConfig(dataroot=town, out=out, image_size=TOWN_IMAGE, summary_per_class=500, quiet=True))
+    return out
+
+
+def tiny_distill_config(**overrides):
+    from relational_distill.engine.distill import DistillConfig
+
+    base = dict(preset="small", epochs=2, batch_size=2, num_pairs=256, pairs_per_sample=512, lr=3e-3,
+                block_size=None, workers=0, augment=True)
+    base.update(overrides)
+    return DistillConfig(**base)

@@ -14,14 +14,7 @@ from relational_distill.errors import UserError
 from relational_distill.teachers.store import FeatureStore
 
 runner = CliRunner()
-IMAGE = (192, 112)
-
-
-@pytest.fixture(scope="module")
-def store_dir(town, tmp_path_factory):
-    out = tmp_path_factory.mktemp("store") / "features"
-    precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, summary_per_class=500, quiet=True))
-    return out
+from .conftest import TOWN_IMAGE as IMAGE
 
 
 def test_summary_and_manifest(store_dir, index):

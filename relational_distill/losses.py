@@ -1,0 +1,166 @@
+"""Distillation losses (SPEC 5). ``k``: (N, D) student point features, ``q``: (N, D) teacher pixel features of
+the same N pairs; rows L2-normalised; ``q`` is treated as a constant (no gradient flows to it).
+
+* contrastive (PPKT / SLidR InfoNCE): ``L = -1/N sum_i log softmax_j(k_i.q_j / tau)[i]``
+* similarity (CLIP2Scene / OpenScene): ``L = 1/N sum_i (1 - k_i.q_i)``
+* relational (the paper): ``C = |K Q^T - Q Q^T|``, ``D = |K K^T - Q Q^T|``,
+  ``L = mean_i C_ii + mean_{i != j} C_ij + lambda * mean_{i != j} D_ij`` (``p=2``: squared instead of absolute)
+
+``block_size=None`` is the plain form. An integer computes the same value and gradient block by block with a
+custom autograd function that keeps only K, Q (and per-row log-sum-exps) between forward and backward, so no
+N x N matrix is ever held: memory O(block_size x block_size x ...) instead of O(N^2).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+# -- contrastive ------------------------------------------------------------------------------------------------------
+def _contrastive_plain(k: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = k @ q.T / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.arange(len(k), device=k.device))
+
+
+class _BlockContrastive(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, q, temperature, block):
+        n = k.shape[0]
+        lse = torch.empty(n, dtype=k.dtype, device=k.device)
+        for r in range(0, n, block):
+            kr = k[r:r + block]
+            running = torch.full((len(kr),), -torch.inf, dtype=k.dtype, device=k.device)
+            for c in range(0, n, block):
+                running = torch.logaddexp(running, torch.logsumexp(kr @ q[c:c + block].T / temperature, 1))
+            lse[r:r + block] = running
+        positives = (k * q).sum(1) / temperature
+        ctx.save_for_backward(k, q, lse)
+        ctx.temperature, ctx.block = temperature, block
+        return (lse - positives).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        k, q, lse = ctx.saved_tensors
+        t, block, n = ctx.temperature, ctx.block, k.shape[0]
+        grad = torch.empty_like(k)
+        for r in range(0, n, block):
+            kr, acc = k[r:r + block], torch.zeros_like(k[r:r + block])
+            for c in range(0, n, block):
+                qc = q[c:c + block]
+                acc += torch.exp(kr @ qc.T / t - lse[r:r + block, None]) @ qc
+            grad[r:r + block] = acc - q[r:r + block]
+        return grad * (grad_out / (t * n)), None, None, None
+
+
+def contrastive_loss(k: torch.Tensor, q: torch.Tensor, temperature: float = 0.07,
+                     block_size: int | None = None) -> torch.Tensor:
+    """InfoNCE over the N pairs, each pair's pixel the positive and the other N-1 pixels the negatives."""
+    q = q.detach()
+    if block_size is None:
+        return _contrastive_plain(k, q, temperature)
+    return _BlockContrastive.apply(k, q, temperature, block_size)
+
+
+# -- similarity -------------------------------------------------------------------------------------------------------
+def similarity_loss(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance between paired features (needs no N x N matrix, so it has no block-wise form)."""
+    return (1.0 - (k * q.detach()).sum(1)).mean()
+
+
+# -- relational -------------------------------------------------------------------------------------------------------
+def _relational_plain(k: torch.Tensor, q: torch.Tensor, intra_weight: float, p: int) -> torch.Tensor:
+    n = k.shape[0]
+    qq = q @ q.T
+    cross = (k @ q.T - qq).abs().pow(p)
+    intra = (k @ k.T - qq).abs().pow(p)
+    off = ~torch.eye(n, dtype=torch.bool, device=k.device)
+    return cross.diagonal().mean() + cross[off].mean() + intra_weight * intra[off].mean()
+
+
+def _error(diff: torch.Tensor, p: int) -> torch.Tensor:
+    """|diff|^p."""
+    return diff.abs() if p == 1 else diff * diff
+
+
+def _slope(diff: torch.Tensor, p: int) -> torch.Tensor:
+    """d |diff|^p / d diff."""
+    return diff.sign() if p == 1 else 2 * diff
+
+
+class _BlockRelational(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, q, intra_weight, p, block):
+        n = k.shape[0]
+        diag = k.new_zeros(())
+        cross_off = k.new_zeros(())
+        intra_off = k.new_zeros(())
+        for r in range(0, n, block):
+            kr, qr = k[r:r + block], q[r:r + block]
+            for c in range(0, n, block):
+                qc, kc = q[c:c + block], k[c:c + block]
+                qq = qr @ qc.T
+                cross = _error(kr @ qc.T - qq, p)
+                intra = _error(kr @ kc.T - qq, p)
+                if r == c:
+                    d = cross.diagonal().sum()
+                    diag = diag + d
+                    cross_off = cross_off + cross.sum() - d
+                    intra_off = intra_off + intra.sum() - intra.diagonal().sum()
+                else:
+                    cross_off = cross_off + cross.sum()
+                    intra_off = intra_off + intra.sum()
+        ctx.save_for_backward(k, q)
+        ctx.intra_weight, ctx.p, ctx.block = intra_weight, p, block
+        pairs = n * (n - 1)
+        return diag / n + cross_off / pairs + intra_weight * intra_off / pairs
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        k, q = ctx.saved_tensors
+        lam, p, block, n = ctx.intra_weight, ctx.p, ctx.block, k.shape[0]
+        w_off = 1.0 / (n * (n - 1))
+        grad = torch.zeros_like(k)
+        for r in range(0, n, block):
+            kr, qr = k[r:r + block], q[r:r + block]
+            for c in range(0, n, block):
+                qc, kc = q[c:c + block], k[c:c + block]
+                qq = qr @ qc.T
+                slope_c = _slope(kr @ qc.T - qq, p)
+                slope_i = _slope(kr @ kc.T - qq, p)
+                w_c = torch.full_like(slope_c, w_off)
+                w_i = torch.full_like(slope_i, 2 * lam * w_off)  # each unordered pair appears twice
+                if r == c:
+                    w_c.fill_diagonal_(1.0 / n)
+                    w_i.fill_diagonal_(0.0)
+                grad[r:r + block] += (w_c * slope_c) @ qc + (w_i * slope_i) @ kc
+        return grad * grad_out, None, None, None, None
+
+
+def relational_loss(k: torch.Tensor, q: torch.Tensor, intra_weight: float = 1.0, p: int = 1,
+                    block_size: int | None = None) -> torch.Tensor:
+    """Cross-modal + ``intra_weight`` x intra-modal relational loss; ``p=1`` L1 (default), ``p=2`` squared."""
+    if p not in (1, 2):
+        raise ValueError(f"p={p}: the relational loss takes p=1 (L1) or p=2 (squared error)")
+    q = q.detach()
+    if block_size is None:
+        return _relational_plain(k, q, intra_weight, p)
+    return _BlockRelational.apply(k, q, intra_weight, p, block_size)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_loss(name: str, temperature: float = 0.07, intra_weight: float = 1.0, p: int = 1,
+              block_size: int | None = None) -> LossFn:
+    """The loss called ``name`` with its options bound: contrastive, similarity or relational."""
+    if name == "contrastive":
+        return lambda k, q: contrastive_loss(k, q, temperature, block_size)
+    if name == "similarity":
+        return lambda k, q: similarity_loss(k, q)
+    if name == "relational":
+        return lambda k, q: relational_loss(k, q, intra_weight, p, block_size)
+    raise ValueError(f"unknown loss '{name}': choose contrastive, similarity or relational")
+
+
+LOSS_NAMES = ("contrastive", "similarity", "relational")

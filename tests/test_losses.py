@@ -1,0 +1,100 @@
+"""Losses against brute-force loops, and block-wise against plain (value and gradient, float64)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from relational_distill.losses import contrastive_loss, relational_loss, similarity_loss
+
+
+def unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+
+
+def brute_contrastive(k, q, tau):
+    n = len(k)
+    total = 0.0
+    for i in range(n):
+        denom = sum(math.exp(float(k[i] @ q[j]) / tau) for j in range(n))
+        total += -math.log(math.exp(float(k[i] @ q[i]) / tau) / denom)
+    return total / n
+
+
+def brute_relational(k, q, lam, p):
+    n = len(k)
+    diag = sum(abs(float(k[i] @ q[i] - q[i] @ q[i])) ** p for i in range(n)) / n
+    cross = intra = 0.0
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                cross += abs(float(k[i] @ q[j] - q[i] @ q[j])) ** p
+                intra += abs(float(k[i] @ k[j] - q[i] @ q[j])) ** p
+    return diag + cross / (n * (n - 1)) + lam * intra / (n * (n - 1))
+
+
+def test_contrastive_matches_loops():
+    k, q = unit(7, 5, 0), unit(7, 5, 1)
+    assert contrastive_loss(k, q, 0.07).item() == pytest.approx(brute_contrastive(k, q, 0.07), rel=1e-10)
+
+
+def test_similarity_matches_loops():
+    k, q = unit(7, 5, 0), unit(7, 5, 1)
+    want = sum(1 - float(k[i] @ q[i]) for i in range(7)) / 7
+    assert similarity_loss(k, q).item() == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("lam", [1.0, 0.3])
+def test_relational_matches_loops(p, lam):
+    k, q = unit(6, 4, 2), unit(6, 4, 3)
+    assert relational_loss(k, q, lam, p).item() == pytest.approx(brute_relational(k, q, lam, p), rel=1e-10)
+
+
+def test_relational_cross_contains_similarity():
+    """C_ii = 1 - k_i.q_i: with intra weight 0 and K's off-diagonal relations equal to Q's, only that remains."""
+    q = unit(5, 3, 4)
+    assert relational_loss(q, q, 1.0).item() == pytest.approx(0.0, abs=1e-12)
+    k = unit(5, 3, 5)
+    diag = (1 - (k * q).sum(1)).mean().item()
+    assert relational_loss(k, q, 0.0).item() >= diag - 1e-12
+
+
+def test_relational_zero_at_teacher_and_grows_with_perturbation():
+    q = unit(40, 16, 6)
+    noise = unit(40, 16, 7)
+    values = [relational_loss(F.normalize(q + eps * noise, dim=1), q).item() for eps in (0.0, 0.05, 0.2, 0.5)]
+    assert values[0] == pytest.approx(0.0, abs=1e-12)
+    assert values[1] < values[2] < values[3]
+
+
+@pytest.mark.parametrize("name", ["contrastive", "relational1", "relational2"])
+@pytest.mark.parametrize("block", [1, 16, 64])
+def test_block_equals_plain(name, block):
+    n, d = 50, 12
+    q = unit(n, d, 8)
+    k0 = unit(n, d, 9)
+    results = []
+    for b in (None, block):
+        k = k0.clone().requires_grad_(True)
+        if name == "contrastive":
+            loss = contrastive_loss(k, q, 0.07, block_size=b)
+        else:
+            loss = relational_loss(k, q, 0.7, int(name[-1]), block_size=b)
+        (2.5 * loss).backward()
+        results.append((loss.detach(), k.grad))
+    (v0, g0), (v1, g1) = results
+    torch.testing.assert_close(v1, v0, atol=1e-8, rtol=0)
+    torch.testing.assert_close(g1, g0, atol=1e-8, rtol=0)
+
+
+def test_no_gradient_to_teacher():
+    k = unit(8, 4, 10).requires_grad_(True)
+    q = unit(8, 4, 11).requires_grad_(True)
+    for loss in (contrastive_loss(k, q), similarity_loss(k, q), relational_loss(k, q),
+                 relational_loss(k, q, block_size=3), contrastive_loss(k, q, block_size=3)):
+        loss.backward()
+    assert q.grad is None and k.grad is not None
