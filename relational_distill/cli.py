@@ -162,6 +162,107 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     stdout.print(f"checkpoint: {result['checkpoint']}  ({result['samples_per_second']:.2f} samples/s)")
 
 
+def _print_evaluation(result: dict) -> None:
+    label = " (synthetic)" if result["synthetic"] else ""
+    rows = [(name, "absent" if iou is None else iou) for name, iou in result["per_class_iou"].items()]
+    print_table(f"{result['mode']} segmentation on {result['split']} ({result['samples']} samples){label}",
+                ["class", "IoU"], rows + [("mIoU", result["miou"])])
+    if result["absent_classes"]:
+        stdout.print(f"left out of the mean (absent from both prediction and ground truth): "
+                     f"{', '.join(result['absent_classes'])}")
+
+
+@app.command()
+@user_errors
+def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint.pt from distill or finetune."),
+             zero_shot: bool = typer.Option(False, "--zero-shot", help="Classify points by CLIP text embeddings."),
+             dataroot: Optional[Path] = typer.Option(None, help="Evaluate on another dataset than the checkpoint's."),
+             version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
+             split: str = typer.Option("val"), device: str = typer.Option("cpu"),
+             out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint)."),
+             quiet: bool = QUIET) -> None:
+    """Per-class IoU and mIoU of a checkpoint: zero-shot for a distilled one, through its head for a finetuned one."""
+    from .engine.evaluate import evaluate as run
+
+    result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet)
+    _print_evaluation(result)
+    path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
+    write_result(path, result)
+    stdout.print(f"result: {path}")
+
+
+@app.command()
+@user_errors
+def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled checkpoint.pt (omit with --from-scratch)."),
+             out: Path = typer.Option(..., help="Run folder: checkpoint.pt, log.jsonl, finetune.json."),
+             fraction: Optional[float] = typer.Option(None, help="Share of training scenes: 0.01, 0.05, 0.1, 0.25, 1.0."),
+             config: Optional[Path] = typer.Option(None, help="YAML of FinetuneConfig fields, e.g. configs/finetune_cpu.yaml."),
+             linear_probe: bool = typer.Option(False, "--linear-probe", help="Frozen backbone, linear head."),
+             from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation baseline."),
+             lovasz: bool = typer.Option(False, "--lovasz", help="Add the Lovasz-softmax loss."),
+             dataroot: Optional[Path] = typer.Option(None, help="Dataset to finetune on (default: the checkpoint's); "
+                                                             "e.g. a 64-beam town for out-of-distribution."),
+             version: Optional[str] = typer.Option(None), epochs: Optional[int] = typer.Option(None),
+             batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+             workers: Optional[int] = typer.Option(None), device: str = typer.Option("cpu"),
+             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."), quiet: bool = QUIET) -> None:
+    """Few-shot semantic segmentation from a distilled backbone; --linear-probe and --from-scratch baselines."""
+    from .config import load_config
+    from .engine.finetune import FinetuneConfig, finetune as run
+
+    cfg = load_config(FinetuneConfig, config, {"fraction": fraction, "epochs": epochs, "batch_size": batch_size,
+                                               "seed": seed, "workers": workers,
+                                               "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
+                                               "lovasz": lovasz or None})
+    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet)
+    if "evaluation" in result:
+        stdout.print(f"{result['mode']} on {result['train_scenes']} scenes ({result['train_samples']} samples, "
+                     f"fraction {cfg.fraction})")
+        _print_evaluation(result["evaluation"])
+        stdout.print(f"result: {Path(out) / 'finetune.json'}")
+
+
+@app.command()
+@user_errors
+def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt."),
+            metrics: str = typer.Option("uniformity,tolerance,gap", help="Comma-separated: uniformity, tolerance, gap."),
+            per_class: int = typer.Option(5000, help="Features sampled per class (Fig. 1 protocol)."),
+            split: str = typer.Option("val"), out: Optional[Path] = typer.Option(None, help="Output folder."),
+            device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
+    """Uniformity, tolerance and modality gap of the 3D features against the teacher's 2D features, with a PCA plot."""
+    from .engine.analyze import analyze as run
+
+    result = run(checkpoint, tuple(m.strip() for m in metrics.split(",") if m.strip()), per_class, split, out,
+                 device, quiet)
+    rows = []
+    for name, key in (("uniformity U", "uniformity"), ("tolerance T", "tolerance")):
+        if f"{key}_3d" in result:
+            rows.append((name, result[f"{key}_3d"], result[f"{key}_2d"]))
+    if "modality_gap" in result:
+        rows.append(("modality gap G", result["modality_gap"], ""))
+    label = " (synthetic)" if result["synthetic"] else ""
+    print_table(f"structure of {result['features']} paired features{label}", ["metric", "3D student", "2D teacher"], rows)
+    stdout.print(f"plot: {result.get('plot')}  result: {Path(result['plot']).parent / 'analysis.json'}"
+                 if result.get("plot") else "")
+
+
+@app.command()
+@user_errors
+def toy(out: Path = typer.Option(Path("runs/toy"), help="Output folder for the plots and toy.json."),
+        iterations: int = typer.Option(400), seed: int = typer.Option(0)) -> None:
+    """The paper's toy experiment (Figs. 2-4): an MLP trained with each loss to match a 1- or 3-cluster source."""
+    from .engine.toy import ToyConfig, run_toy
+
+    summary = run_toy(out, ToyConfig(iterations=iterations, seed=seed))
+    rows = []
+    for setup, s in summary["setups"].items():
+        rows.append((setup, "source", s["source_uniformity"], s["source_tolerance"]))
+        for loss in ("contrastive", "similarity", "relational"):
+            rows.append((setup, loss, s[loss]["final_uniformity"], s[loss]["final_tolerance"]))
+    print_table("toy experiment: final output space", ["setup", "space", "U", "T"], rows)
+    stdout.print("plots: " + ", ".join(summary["plots"]))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -146,10 +146,10 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     if dinfo.main:
         out.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = len(dataset) // dinfo.world // cfg.batch_size
-    if steps_per_epoch == 0:
+    if steps_per_epoch == 0 and cfg.epochs > 0:
         raise UserError(f"{len(dataset)} training samples for batch size {cfg.batch_size} x {dinfo.world} processes; "
                         f"lower --batch-size or add data")
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
     optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
     scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_fraction)
     start_epoch, step = 0, 0
@@ -170,6 +170,12 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     if dinfo.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if cfg.device == "cpu" else [cfg.device])
     use_amp = cfg.device.startswith("cuda")
+
+    def save(epochs_done: int, steps_done: int) -> None:
+        atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                                      "epoch": epochs_done, "step": steps_done, "meta": meta})
+
     epoch_losses = []
     started = time.perf_counter()
     samples_seen = 0
@@ -208,11 +214,11 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                     bar.advance(info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
                 epoch_losses.append({"epoch": epoch, "mean_loss": float(np.mean(losses))})
                 if dinfo.main:
-                    atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                  "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                                                  "epoch": epoch + 1, "step": step, "meta": meta})
+                    save(epoch + 1, step)
                 if on_epoch_end:
                     on_epoch_end(epoch)
+            if cfg.epochs == 0 and dinfo.main:  # zero epochs: the checkpoint of the initial (random) weights
+                save(0, 0)
     finally:
         if log_file:
             log_file.close()

@@ -1,0 +1,119 @@
+"""``rdistill analyze``: the structure of the distilled 3D features against the teacher's 2D features
+(the paper's Fig. 1 protocol): uniformity, tolerance, modality gap, and a PCA plot coloured by class."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..classes import CLASS_NAMES
+from ..data.dataset import load_sample
+from ..data.nuscenes import load_index
+from ..errors import UserError
+from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
+from ..progress import progress_bar
+from ..report import write_result
+from ..teachers.store import FeatureStore
+from .evaluate import load_student
+from .training import resolve_device
+
+METRICS = ("uniformity", "tolerance", "gap")
+
+
+@torch.no_grad()
+def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", max_pairs_per_sample: int = 4000,
+                    quiet: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Student 3D features K, teacher 2D features Q of the same lidar-pixel pairs, and the points' labels."""
+    model, meta = load_student(checkpoint, device)
+    if meta["kind"] != "distill":
+        raise UserError(f"{checkpoint}: analyze compares distilled features with the teacher's; this checkpoint is "
+                        f"'{meta['kind']}'")
+    store = FeatureStore.open(meta["features"], teacher=meta["teacher_id"])
+    index = load_index(meta["dataroot"], meta["version"])
+    rng = np.random.default_rng(seed)
+    ks, qs, ys = [], [], []
+    samples = index.split(split)
+    with progress_bar(f"features ({split})", len(samples), quiet, unit="samples") as bar:
+        for sample in samples:
+            item = load_sample(index, sample, store, max_pairs=max_pairs_per_sample, rng=rng)
+            points = item["points"].to(device)
+            k = model(points, torch.zeros(len(points), dtype=torch.long, device=device)).float()
+            ks.append(F.normalize(k[item["pair_point"].to(device)], dim=1).cpu())
+            qs.append(item["pair_teacher"])
+            ys.append(item["labels"][item["pair_point"]])
+            bar.advance()
+    return torch.cat(ks), torch.cat(qs), torch.cat(ys), meta
+
+
+def analyze(checkpoint: Path, metrics: tuple[str, ...] = METRICS, per_class: int = 5000, split: str = "val",
+            out: Path | None = None, device: str = "cpu", quiet: bool = False, plot: bool = True) -> dict:
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise UserError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
+    device = resolve_device(device)
+    k, q, y, meta = paired_features(checkpoint, split, device, quiet=quiet)
+    pick = sample_per_class(y, per_class)
+    k, q, y = k[pick], q[pick], y[pick]
+    result: dict = {"checkpoint": str(checkpoint), "split": split, "features_per_class": per_class,
+                    "features": int(len(pick)), "teacher": meta["teacher_id"],
+                    "synthetic": meta["teacher_id"].startswith("sim-clip"),
+                    "class_counts": {CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)}}
+    if "uniformity" in metrics:
+        result["uniformity_3d"] = uniformity(k, block_size=4096)
+        result["uniformity_2d"] = uniformity(q, block_size=4096)
+    if "tolerance" in metrics:
+        result["tolerance_3d"] = tolerance(k, y)
+        result["tolerance_2d"] = tolerance(q, y)
+    if "gap" in metrics:
+        result["modality_gap"] = modality_gap(k, q)
+    out = Path(out) if out else Path(checkpoint).parent / "analysis"
+    if plot:
+        result["plot"] = str(pca_plot(k, q, y, out / "analysis.png", result))
+    write_result(out / "analysis.json", result)
+    return result
+
+
+def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numbers: dict,
+             max_points: int = 6000) -> Path:
+    """Both feature sets projected on the first two principal components of their union, coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = torch.Generator().manual_seed(0)
+    sel = torch.randperm(len(k), generator=g)[:max_points]
+    both = torch.cat([k[sel], q[sel]]).double()
+    mean = both.mean(0)
+    _, _, v = torch.linalg.svd(both - mean, full_matrices=False)
+    proj = ((both - mean) @ v[:2].T).numpy()
+    n = len(sel)
+    colours = plt.get_cmap("tab20")(np.arange(len(CLASS_NAMES)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True, sharey=True)
+    for ax, part, title in ((axes[0], proj[:n], "3D student features"), (axes[1], proj[n:], "2D teacher features")):
+        labels = y[sel].numpy()
+        for c in np.unique(labels):
+            m = labels == c
+            ax.scatter(part[m, 0], part[m, 1], s=3, color=colours[c - 1], label=CLASS_NAMES[c - 1])
+        ax.set_title(title)
+        ax.set_xlabel("PC 1")
+    axes[0].set_ylabel("PC 2")
+    caption = []
+    if "uniformity_3d" in numbers:
+        caption.append(f"U 3D {numbers['uniformity_3d']:.3f} / 2D {numbers['uniformity_2d']:.3f}")
+    if "tolerance_3d" in numbers:
+        caption.append(f"T 3D {numbers['tolerance_3d']:.3f} / 2D {numbers['tolerance_2d']:.3f}")
+    if "modality_gap" in numbers:
+        caption.append(f"gap {numbers['modality_gap']:.3f}")
+    synthetic = " (synthetic town, simulated teacher)" if numbers.get("synthetic") else ""
+    fig.suptitle("PCA of paired features" + synthetic + "\n" + ", ".join(caption))
+    axes[1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,137 @@
+"""``rdistill finetune``: few-shot semantic segmentation from a distilled backbone (or from scratch), and the
+linear probe (frozen backbone). SPEC 7: keep every k-th training scene (k = round(1 / fraction))."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..classes import CLASS_NAMES
+from ..data.dataset import PointCloudDataset
+from ..data.nuscenes import load_index
+from ..errors import UserError
+from ..models.sparse_unet import PRESETS, Student, VoxelConfig
+from ..report import write_result
+from .evaluate import evaluate
+from .training import LoopConfig, init_distributed, load_checkpoint, resolve_device, train
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of finetuning; configs/finetune_*.yaml mirror this."""
+
+    fraction: float = 0.01         # share of training scenes kept (1 %, 5 %, 10 %, 25 %, 100 %)
+    epochs: int = 10
+    batch_size: int = 2
+    optimizer: str = "adamw"
+    lr_backbone: float = 1e-3
+    lr_head: float = 1e-2
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    lovasz: bool = False           # add the Lovasz-softmax loss to cross-entropy
+    linear_probe: bool = False     # frozen backbone, linear head only
+    from_scratch: bool = False     # random initialisation (the baseline)
+    preset: str = "small"          # only used from scratch; otherwise the checkpoint's
+    augment: bool = True
+    seed: int = 0
+    workers: int = 1
+
+    def check(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise UserError(f"--fraction {self.fraction}: must be in (0, 1], e.g. 0.01 for 1 %")
+        if self.linear_probe and self.from_scratch:
+            raise UserError("--linear-probe with --from-scratch would train a head on random features; choose one")
+        if self.preset not in PRESETS:
+            raise UserError(f"preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+
+
+def few_shot_scenes(samples: list[dict], fraction: float) -> list[dict]:
+    """Samples of every k-th training scene, k = round(1 / fraction), in scene-name order (at least one scene)."""
+    scenes = sorted({s["scene"] for s in samples})
+    step = max(1, round(1 / fraction))
+    keep = set(scenes[::step])
+    return [s for s in samples if s["scene"] in keep]
+
+
+def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax loss (Berman et al., 2018) over classes present in ``labels``; probs (N, C), labels (N,)."""
+    losses = []
+    for c in torch.unique(labels):
+        fg = (labels == c).float()
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, order = torch.sort(errors, descending=True)
+        fg_sorted = fg[order]
+        gts = fg_sorted.sum()
+        intersection = gts - fg_sorted.cumsum(0)
+        union = gts + (1 - fg_sorted).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(errors_sorted @ jaccard)
+    return torch.stack(losses).mean() if losses else probs.sum() * 0
+
+
+def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: Path | None = None,
+             version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False) -> dict:
+    cfg.check()
+    device = resolve_device(device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    source_meta: dict = {}
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        source_meta = state["meta"]
+        if source_meta["kind"] != "distill":
+            raise UserError(f"{checkpoint}: finetune starts from a distilled checkpoint, this one is '{source_meta['kind']}'")
+    elif not cfg.from_scratch:
+        raise UserError("finetune needs a distilled CHECKPOINT, or --from-scratch for the random-init baseline")
+    if dataroot is None and not source_meta:
+        raise UserError("--dataroot is required with --from-scratch")
+    dataroot = Path(dataroot or source_meta["dataroot"])
+    version = version or source_meta.get("version", "v1.0-sim")
+    index = load_index(dataroot, version)
+    train_samples = few_shot_scenes(index.split("train"), cfg.fraction)
+    if not train_samples:
+        raise UserError(f"{index.dataroot}: no training samples; check the dataset's splits")
+    preset = source_meta.get("preset", cfg.preset) if not cfg.from_scratch else cfg.preset
+    voxel = VoxelConfig(**source_meta["voxel"]) if source_meta else VoxelConfig()
+    torch.manual_seed(cfg.seed)
+    model = Student(len(CLASS_NAMES), preset, voxel, device_type)
+    if not cfg.from_scratch:
+        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+        model.backbone.load_state_dict(backbone)
+    if cfg.linear_probe:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        groups = [{"params": model.head.parameters(), "lr": cfg.lr_head}]
+    else:
+        groups = [{"params": model.backbone.parameters(), "lr": cfg.lr_backbone},
+                  {"params": model.head.parameters(), "lr": cfg.lr_head}]
+    meta = {"kind": "linear_probe" if cfg.linear_probe else "finetune", "out_dim": len(CLASS_NAMES), "preset": preset,
+            "voxel": asdict(voxel), "dataroot": index.dataroot, "version": version,
+            "source_checkpoint": str(checkpoint) if checkpoint else None, "config": asdict(cfg),
+            "teacher_id": source_meta.get("teacher_id", "none")}
+    dataset = PointCloudDataset(index, train_samples, None, augment=cfg.augment, seed=cfg.seed)
+
+    def step(model, batch, step_no):
+        if cfg.linear_probe:
+            model.train(False)  # frozen backbone: BatchNorm statistics stay those of the distilled backbone
+        logits = model(batch["points"].to(device), batch["batch"].to(device)).float()
+        target = batch["labels"].to(device) - 1  # 16 classes; ignore (0) becomes -1
+        loss = F.cross_entropy(logits, target, ignore_index=-1)
+        if cfg.lovasz:
+            keep = target >= 0
+            loss = loss + lovasz_softmax(F.softmax(logits[keep], 1), target[keep])
+        return loss
+
+    loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                      warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
+                      resume=resume, quiet=quiet)
+    result = train(loop, model, groups, cfg.weight_decay, dataset, step, meta)
+    result.update({"train_samples": len(train_samples), "train_scenes": len({s["scene"] for s in train_samples}),
+                   "fraction": cfg.fraction, "mode": meta["kind"], "from_scratch": cfg.from_scratch,
+                   "config": asdict(cfg)})
+    if init_distributed(device).main:
+        result["evaluation"] = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)
+        write_result(Path(out) / "finetune.json", result)
+    return result

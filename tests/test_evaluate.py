@@ -1,0 +1,112 @@
+"""Zero-shot evaluation, few-shot finetuning (in and out of distribution), linear probe, analyze and toy."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from relational_distill.cli import app
+from relational_distill.engine.analyze import analyze
+from relational_distill.engine.distill import distill
+from relational_distill.engine.evaluate import evaluate
+from relational_distill.engine.finetune import FinetuneConfig, few_shot_scenes, finetune
+from relational_distill.engine.toy import ToyConfig, run_toy
+from relational_distill.errors import UserError
+
+from .conftest import tiny_distill_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def distilled(town, store_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distilled")
+    distill(town, store_dir, out, tiny_distill_config(loss="similarity", epochs=2), quiet=True)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def town64(tmp_path_factory):
+    from relational_distill.data.sim.writer import SimConfig, make_town
+
+    root = tmp_path_factory.mktemp("town64") / "town"
+    make_town(root, SimConfig(scenes=2, samples_per_scene=2, seed=5, lidar="hdl64", image_size=(192, 112)))
+    return root
+
+
+def test_zero_shot_evaluation(distilled):
+    result = evaluate(distilled, zero_shot=True, quiet=True)
+    assert result["mode"] == "zero-shot" and 0 <= result["miou"] <= 1
+    ious = [v for v in result["per_class_iou"].values() if v is not None]
+    assert result["miou"] == pytest.approx(sum(ious) / len(ious))
+    assert sum(map(sum, result["confusion"])) > 1000
+
+
+def test_distilled_checkpoint_needs_zero_shot_flag(distilled):
+    with pytest.raises(UserError, match="--zero-shot"):
+        evaluate(distilled, quiet=True)
+
+
+def test_few_shot_keeps_every_kth_scene(index):
+    train = index.split("train")
+    scenes = sorted({s["scene"] for s in train})
+    assert {s["scene"] for s in few_shot_scenes(train, 0.01)} == {scenes[0]}
+    assert {s["scene"] for s in few_shot_scenes(train, 1.0)} == set(scenes)
+    assert {s["scene"] for s in few_shot_scenes(train, 0.5)} == set(scenes[::2])
+
+
+@pytest.mark.parametrize("mode", ["in-distribution", "out-of-distribution", "linear-probe", "from-scratch"])
+def test_finetune_modes(distilled, town, town64, tmp_path, mode):
+    cfg = FinetuneConfig(fraction=0.01, epochs=1, batch_size=1, workers=0,
+                         linear_probe=mode == "linear-probe", from_scratch=mode == "from-scratch", lovasz=True)
+    ckpt = None if mode == "from-scratch" else distilled
+    root = town64 if mode == "out-of-distribution" else (town if mode == "from-scratch" else None)
+    result = finetune(ckpt, tmp_path / "ft", cfg, dataroot=root, quiet=True)
+    ev = result["evaluation"]
+    assert ev["mode"] == "head" and not math.isnan(ev["miou"])
+    assert result["train_scenes"] == 1
+    if mode == "out-of-distribution":
+        assert ev["dataroot"] == str(town64.resolve())
+    saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert saved["evaluation"]["miou"] == ev["miou"]
+
+
+def test_linear_probe_keeps_backbone_frozen(distilled, tmp_path):
+    import torch
+
+    cfg = FinetuneConfig(fraction=1.0, epochs=1, batch_size=1, workers=0, linear_probe=True)
+    finetune(distilled, tmp_path / "lp", cfg, quiet=True)
+    before = torch.load(distilled, weights_only=False)["model"]
+    after = torch.load(tmp_path / "lp" / "checkpoint.pt", weights_only=False)["model"]
+    for key, value in before.items():
+        if key.startswith("backbone."):
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+def test_analyze_writes_json_and_plot(distilled, tmp_path):
+    result = analyze(distilled, per_class=300, out=tmp_path / "an", quiet=True)
+    for key in ("uniformity_3d", "uniformity_2d", "tolerance_3d", "tolerance_2d", "modality_gap"):
+        assert key in result
+    assert (tmp_path / "an" / "analysis.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "an" / "analysis.json").read_text())["synthetic"] is True
+
+
+def test_cli_evaluate_and_analyze(distilled, tmp_path):
+    r = runner.invoke(app, ["evaluate", str(distilled), "--zero-shot", "-q", "--out", str(tmp_path / "zs.json")])
+    assert r.exit_code == 0, r.output
+    assert "mIoU" in r.output and (tmp_path / "zs.json").exists()
+    r = runner.invoke(app, ["analyze", str(distilled), "--metrics", "uniformity,gap", "--per-class", "200",
+                            "--out", str(tmp_path / "a"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["analyze", str(distilled), "--metrics", "bogus", "-q"])
+    assert r.exit_code == 2
+
+
+def test_toy_runs_and_contrastive_overspreads(tmp_path):
+    summary = run_toy(tmp_path, ToyConfig(points_per_cluster=120, iterations=120))
+    for setup in ("1-cluster", "3-cluster"):
+        s = summary["setups"][setup]
+        assert s["contrastive"]["final_uniformity"] > s["source_uniformity"]
+    assert all((tmp_path / name).exists() for name in ("toy.json", "toy_spaces.png", "toy_uniformity.png"))
