@@ -50,7 +50,9 @@ def uniformity_sampled(z: torch.Tensor, t: float = 2.0, pairs: int = 200_000, se
     n = z.shape[0]
     a = torch.randint(0, n, (pairs,), generator=g)
     b = (a + torch.randint(1, n, (pairs,), generator=g)) % n
-    k = torch.exp(-t * (z[a].double() - z[b].double()).pow(2).sum(1))
+    chunk = 16_384  # pairs at a time, so memory stays O(chunk x D)
+    k = torch.cat([torch.exp(-t * (z[a[i:i + chunk]].double() - z[b[i:i + chunk]].double()).pow(2).sum(1))
+                   for i in range(0, pairs, chunk)])
     mean, std = k.mean(), k.std()
     zq = torch.distributions.Normal(0, 1).icdf(torch.tensor(0.5 + confidence / 2)).item()
     half = zq * std / math.sqrt(pairs)

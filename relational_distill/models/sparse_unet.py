@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
 import warnings
 
 import torch
@@ -18,6 +19,8 @@ with warnings.catch_warnings():  # spconv's import warns about deprecated torch.
     warnings.simplefilter("ignore", FutureWarning)
     import spconv.pytorch as spconv
     from spconv.core import ConvAlgo
+# spconv's modules make torch.fx log a notice about is_fx_tracing on first use; it is not ours to act on
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 from ..data.voxels import scatter_mean, voxel_coordinates, voxelize
 
