@@ -62,6 +62,14 @@ def contrastive_loss(k: torch.Tensor, q: torch.Tensor, temperature: float = 0.07
     return _BlockContrastive.apply(k, q, temperature, block_size)
 
 
+def superpixel_pool(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """SLidR's pooling: mean of the rows of ``x`` (N, D) per superpixel id ``segment`` (N,), re-normalised.
+    Returns (S, D) for the S distinct ids, in ascending id order."""
+    ids, inverse = torch.unique(segment, return_inverse=True)
+    pooled = torch.zeros(len(ids), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+    return torch.nn.functional.normalize(pooled, dim=1)
+
+
 # -- similarity -------------------------------------------------------------------------------------------------------
 def similarity_loss(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Mean cosine distance between paired features (needs no N x N matrix, so it has no block-wise form)."""

@@ -87,3 +87,11 @@ def test_torchrun_two_processes_end_with_identical_weights(town, store_dir, tmp_
     result = json.loads((out / "distill.json").read_text())
     assert result["world_size"] == 2
     assert len(result["rank_checksums"]) == 2 and len(set(result["rank_checksums"])) == 1
+
+
+def test_slidr_superpixel_contrastive_trains(town, store_dir, tmp_path):
+    cfg = tiny_distill_config(loss="contrastive", epochs=1, superpixels=30)
+    result = distill(town, store_dir, tmp_path / "slidr", cfg, quiet=True)
+    assert result["steps"] > 0 and all(e["mean_loss"] > 0 for e in result["epochs"])
+    with pytest.raises(Exception, match="contrastive only"):
+        distill(town, store_dir, tmp_path / "bad", tiny_distill_config(loss="relational", superpixels=30), quiet=True)

@@ -98,3 +98,14 @@ def test_no_gradient_to_teacher():
                  relational_loss(k, q, block_size=3), contrastive_loss(k, q, block_size=3)):
         loss.backward()
     assert q.grad is None and k.grad is not None
+
+
+def test_superpixel_pool_against_loop():
+    from relational_distill.losses import superpixel_pool
+
+    x = unit(9, 3, 12)
+    seg = torch.tensor([5, 2, 5, 9, 2, 2, 9, 5, 7])
+    got = superpixel_pool(x, seg)
+    for row, s in zip(got, (2, 5, 7, 9)):
+        members = [x[i] for i in range(9) if seg[i] == s]
+        torch.testing.assert_close(row, F.normalize(sum(members), dim=0))

@@ -14,14 +14,25 @@ from .nuscenes import DatasetIndex, camera_list, read_labels, read_lidar
 from .projection import pair_points
 
 
+def superpixels(image_path: str, num_segments: int = 150) -> np.ndarray:
+    """(H, W) SLIC superpixel ids of an image (SLidR uses 150 per nuScenes image)."""
+    from PIL import Image
+    from skimage.segmentation import slic
+
+    return slic(np.asarray(Image.open(image_path).convert("RGB")), n_segments=num_segments, compactness=10,
+                start_label=0)
+
+
 def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = None, min_depth: float = 1.0,
-                max_pairs: int | None = None, rng: np.random.Generator | None = None) -> dict:
+                max_pairs: int | None = None, rng: np.random.Generator | None = None,
+                superpixel_segments: int | None = None) -> dict:
     """One sample as tensors.
 
     Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity, ring),
     ``labels`` (N,) int64 16-class labels (0 = ignore or unlabelled), ``pair_point`` (M,) int64 index of the
     paired point, and with a store ``pair_teacher`` (M, D) float32 L2-normalised teacher features. With
-    ``max_pairs``, at most that many pairs, drawn with ``rng``.
+    ``max_pairs``, at most that many pairs, drawn with ``rng``. With ``superpixel_segments``, ``pair_segment``
+    (M,) gives each pair's SLIC superpixel, unique within the sample (camera x segment).
     """
     points = read_lidar(index.dataroot, sample["lidar"])
     if sample.get("lidarseg"):
@@ -38,6 +49,15 @@ def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = 
         point_idx, cam_idx, uv = point_idx[keep], cam_idx[keep], uv[keep]
     features = torch.from_numpy(store.read(sample["token"]))
     out["pair_point"] = torch.from_numpy(point_idx)
+    if superpixel_segments:
+        segment = np.empty(len(point_idx), np.int64)
+        for c, cam in enumerate(cams):
+            sel = cam_idx == c
+            seg = superpixels(f"{index.dataroot}/{cam['image']}", superpixel_segments)
+            u = np.clip(np.round(uv[sel, 0]).astype(np.int64), 0, seg.shape[1] - 1)
+            v = np.clip(np.round(uv[sel, 1]).astype(np.int64), 0, seg.shape[0] - 1)
+            segment[sel] = c * 100_000 + seg[v, u]
+        out["pair_segment"] = torch.from_numpy(segment)
     out["pair_teacher"] = sample_at_pixels(features, torch.from_numpy(cam_idx), torch.from_numpy(uv),
                                            [c["image_size"] for c in cams])
     return out
@@ -49,8 +69,10 @@ class PointCloudDataset(Dataset):
     (seed, epoch, item), so a resumed run sees exactly the same data."""
 
     def __init__(self, index: DatasetIndex, samples: list[dict], store: FeatureStore | None = None,
-                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0):
+                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0,
+                 superpixel_segments: int | None = None):
         self.index, self.samples, self.store = index, samples, store
+        self.superpixel_segments = superpixel_segments
         self.max_pairs, self.augment, self.seed, self.min_depth = max_pairs, augment, seed, min_depth
         self.epoch = 0
 
@@ -62,7 +84,8 @@ class PointCloudDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng)
+        item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng,
+                           self.superpixel_segments)
         if self.augment:
             angle = rng.uniform(0, 2 * np.pi)
             c, s = np.cos(angle), np.sin(angle)
@@ -83,4 +106,6 @@ def collate(items: list[dict]) -> dict:
         offsets = np.cumsum([0] + [len(it["points"]) for it in items[:-1]])
         out["pair_point"] = torch.cat([it["pair_point"] + int(o) for it, o in zip(items, offsets)])
         out["pair_teacher"] = torch.cat([it["pair_teacher"] for it in items])
+    if "pair_segment" in items[0]:  # make superpixel ids unique across the batch
+        out["pair_segment"] = torch.cat([it["pair_segment"] + b * 10_000_000 for b, it in enumerate(items)])
     return out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..data.dataset import PointCloudDataset
 from ..data.nuscenes import load_index
 from ..errors import UserError
-from ..losses import LOSS_NAMES, make_loss
+from ..losses import LOSS_NAMES, make_loss, superpixel_pool
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
 from ..teachers.store import FeatureStore
@@ -32,6 +32,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     temperature: float = 0.07        # contrastive
+    superpixels: int | None = None   # contrastive only: SLidR pooling over this many SLIC superpixels per image
     intra_weight: float = 1.0        # relational lambda
     relational_p: int = 1            # 1 = L1, 2 = squared error
     block_size: int | None = None    # block-wise losses (never an N x N matrix) when set
@@ -47,6 +48,8 @@ class DistillConfig:
             raise UserError(f"--loss {self.loss}: choose one of {', '.join(LOSS_NAMES)}")
         if self.preset not in PRESETS:
             raise UserError(f"preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+        if self.superpixels and self.loss != "contrastive":
+            raise UserError(f"superpixels={self.superpixels}: superpixel pooling is SLidR's, for --loss contrastive only")
         if self.relational_p not in (1, 2):
             raise UserError(f"relational_p={self.relational_p}: use 1 (L1) or 2 (squared error)")
 
@@ -72,13 +75,18 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
             "teacher_id": store.manifest.teacher_id, "features": str(Path(features).resolve()),
             "dataroot": index.dataroot, "version": version, "config": asdict(cfg)}
     model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
-    dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth)
+    dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
+                                cfg.superpixels)
     loss_fn = make_loss(cfg.loss, cfg.temperature, cfg.intra_weight, cfg.relational_p, cfg.block_size)
     rank = init_distributed(device).rank
 
     def step(model, batch, step_no):
         points = batch["points"].to(device)
         k_all = model(points, batch["batch"].to(device))
+        if cfg.superpixels:  # SLidR: InfoNCE between superpixel-pooled point and pixel features
+            segment = batch["pair_segment"].to(device)
+            k = superpixel_pool(F.normalize(k_all[batch["pair_point"].to(device)].float(), dim=1), segment)
+            return loss_fn(k, superpixel_pool(batch["pair_teacher"].to(device), segment))
         n = len(batch["pair_point"])
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + rank)
         pick = torch.randperm(n, generator=g)[: cfg.num_pairs]

@@ -151,6 +151,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                         f"lower --batch-size or add data")
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
+    use_amp = cfg.device.startswith("cuda")  # float16 autocast (spconv's fast kernels) with loss scaling
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_fraction)
     start_epoch, step = 0, 0
     if cfg.resume and ckpt_path.exists():
@@ -158,6 +160,7 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start_epoch, step = state["epoch"], state["step"]
         if dinfo.main and log_path.exists():  # drop log lines written after the checkpoint
@@ -169,12 +172,11 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     ddp_model = model
     if dinfo.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if cfg.device == "cpu" else [cfg.device])
-    use_amp = cfg.device.startswith("cuda")
 
     def save(epochs_done: int, steps_done: int) -> None:
         atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                                      "epoch": epochs_done, "step": steps_done, "meta": meta})
+                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                      "rng": _rng_state(), "epoch": epochs_done, "step": steps_done, "meta": meta})
 
     epoch_losses = []
     started = time.perf_counter()
@@ -192,7 +194,7 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                 model.train()
                 losses = []
                 for batch in loader:
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                         loss = step_fn(ddp_model, batch, step)
                     if not torch.isfinite(loss):
                         where = f"step {step} (epoch {epoch})"
@@ -200,8 +202,9 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                         raise TrainingDiverged(f"loss became {loss.item()} at {where}; {keep}; lower the learning rate "
                                                f"and run again with --resume")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     scheduler.step()
                     step += 1
                     samples_seen += cfg.batch_size * dinfo.world
