@@ -53,7 +53,7 @@ def main() -> None:
         args.town, args.features = str(tmp / "town"), str(tmp / "features")
         make_town(Path(args.town), SimConfig(scenes=5, samples_per_scene=8))
         precompute(PrecomputeConfig(dataroot=Path(args.town), out=Path(args.features), quiet=True, summary_per_class=100))
-    print(f"| loss | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|")
+    print("| loss | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|")
     for loss in ("contrastive", "similarity", "relational"):
         cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", args.config, "--device", args.device,
                "--town", args.town, "--features", args.features, "--out", str(tmp / f"run-{loss}")]

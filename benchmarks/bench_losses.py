@@ -3,7 +3,7 @@
 Each measurement runs in a fresh subprocess; peak memory is the process's high-water mark (VmHWM) minus its
 resident size just before the loss (inputs already allocated), so it is the loss's own extra memory.
 
-    .venv/bin/python benchmarks/bench_losses.py [--sizes 4096,16384,65536] [--block 4096]
+    .venv/bin/python benchmarks/bench_losses.py [--sizes 4096,16384,65536] [--losses relational] [--block 4096]
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def measure(loss: str, n: int, dim: int, block: int | None, device: str) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="4096,16384,65536")
+    parser.add_argument("--losses", default="contrastive,similarity,relational")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--block", type=int, default=4096)
     parser.add_argument("--device", default="cpu")
@@ -61,9 +62,9 @@ def main() -> None:
         loss, n, block = args.child.split(":")
         print(json.dumps(measure(loss, int(n), args.dim, int(block) or None, args.device)))
         return
-    print(f"| loss | N | form | time (s) | peak extra memory (MiB) | block / plain time |\n|---|---|---|---|---|---|")
+    print("| loss | N | form | time (s) | peak extra memory (MiB) | block / plain time |\n|---|---|---|---|---|---|")
     for n in map(int, args.sizes.split(",")):
-        for loss in ("contrastive", "similarity", "relational"):
+        for loss in args.losses.split(","):
             times = {}
             for form, block in (("plain", 0), ("block", args.block)):
                 if loss == "similarity" and form == "block":

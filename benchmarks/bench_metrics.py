@@ -30,7 +30,7 @@ def main() -> None:
     z = F.normalize(torch.randn(args.n, args.dim, generator=g) + 2.0 * torch.randn(1, args.dim, generator=g), dim=1)
     labels = torch.randint(0, 16, (args.n,), generator=g)
     base = _vm("VmRSS")
-    print(f"| metric | N x D | time (s) | peak extra memory (MiB) | value |\n|---|---|---|---|---|")
+    print("| metric | N x D | time (s) | peak extra memory (MiB) | value |\n|---|---|---|---|---|")
     start = time.perf_counter()
     u = uniformity(z, block_size=args.block)
     print(f"| uniformity, exact, block {args.block} | {args.n} x {args.dim} | {time.perf_counter() - start:.1f} | "

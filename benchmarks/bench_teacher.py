@@ -36,7 +36,7 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         rows.append((str(dtype).split(".")[-1], args.batch * args.repeats / (time.perf_counter() - start)))
-    print(f"| device | dtype | image size | images/s |\n|---|---|---|---|")
+    print("| device | dtype | image size | images/s |\n|---|---|---|---|")
     for dtype, rate in rows:
         print(f"| {args.device} ({torch.get_num_threads()} threads) | {dtype} | {width}x{height} | {rate:.2f} |")
 

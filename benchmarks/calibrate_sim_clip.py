@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import itertools
 
-import numpy as np
 import torch
 
 from relational_distill.config import CONFIG_DIR

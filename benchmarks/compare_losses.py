@@ -175,10 +175,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default=None, help="student preset (default: small, minkunet34 when --scale > 1)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--per-class", type=int, default=2000)
+    parser.add_argument("--per-class", type=int, default=1000)
     args = parser.parse_args()
     args.preset = args.preset or ("small" if args.scale == 1 else "minkunet34")
-    args.epochs, args.finetune_epochs, args.probe_epochs = 6 * args.scale, 8 * args.scale, 3 * args.scale
+    args.epochs, args.finetune_epochs, args.probe_epochs = 4 * args.scale, 6 * args.scale, 2 * args.scale
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     town, town64, features = args.out / "town", args.out / "town64", args.out / "features"

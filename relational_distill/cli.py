@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -155,7 +156,7 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
                                               "seed": seed, "workers": workers})
     result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet)
-    if result["world_size"] > 1 and int(__import__("os").environ.get("RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
                 ["epoch", "mean loss"], [(e["epoch"] + 1, e["mean_loss"]) for e in result["epochs"]])

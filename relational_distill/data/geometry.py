@@ -59,8 +59,3 @@ def invert_transform(t: np.ndarray) -> np.ndarray:
     inv[:3, :3] = t[:3, :3].T
     inv[:3, 3] = -t[:3, :3].T @ t[:3, 3]
     return inv
-
-
-def apply_transform(t: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply (4, 4) ``t`` to (N, 3) points."""
-    return points @ t[:3, :3].T + t[:3, 3]

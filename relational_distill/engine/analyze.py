@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..data.dataset import load_sample
 from ..data.nuscenes import load_index
+from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
@@ -58,7 +59,7 @@ def analyze(checkpoint: Path, metrics: tuple[str, ...] = METRICS, per_class: int
     k, q, y = k[pick], q[pick], y[pick]
     result: dict = {"checkpoint": str(checkpoint), "split": split, "features_per_class": per_class,
                     "features": int(len(pick)), "teacher": meta["teacher_id"],
-                    "synthetic": meta["teacher_id"].startswith("sim-clip"),
+                    "synthetic": is_synthetic_town(meta["dataroot"]),
                     "class_counts": {CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)}}
     if "uniformity" in metrics:
         result["uniformity_3d"] = uniformity(k, block_size=4096)
@@ -107,7 +108,7 @@ def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numb
         caption.append(f"T 3D {numbers['tolerance_3d']:.3f} / 2D {numbers['tolerance_2d']:.3f}")
     if "modality_gap" in numbers:
         caption.append(f"gap {numbers['modality_gap']:.3f}")
-    synthetic = " (synthetic town, simulated teacher)" if numbers.get("synthetic") else ""
+    synthetic = " (synthetic town)" if numbers.get("synthetic") else ""
     fig.suptitle("PCA of paired features" + synthetic + "\n" + ", ".join(caption))
     axes[1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()

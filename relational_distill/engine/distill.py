@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import PointCloudDataset
 from ..data.nuscenes import load_index
+from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..losses import LOSS_NAMES, make_loss, superpixel_pool
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
@@ -100,7 +101,7 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
     result = train(loop, model, [{"params": model.parameters(), "lr": cfg.lr}], cfg.weight_decay, dataset, step,
                    meta, on_epoch_end)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
-                   "synthetic": store.manifest.teacher_id.startswith("sim-clip"), "config": asdict(cfg)})
+                   "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
     if init_distributed(device).main:
         write_result(Path(out) / "distill.json", result)
     return result

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..data.dataset import load_sample
 from ..data.nuscenes import load_index
+from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.segmentation import confusion_matrix, miou
 from ..progress import progress_bar
@@ -72,4 +73,4 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
             "dataroot": index.dataroot, "samples": len(samples), "miou": mean,
             "per_class_iou": {n: (None if math.isnan(iou[i + 1]) else float(iou[i + 1])) for i, n in enumerate(CLASS_NAMES)},
             "absent_classes": absent, "confusion": conf.tolist(),
-            "synthetic": meta.get("teacher_id", "").startswith("sim-clip") or "sim" in str(index.version)}
+            "synthetic": is_synthetic_town(index.dataroot)}

@@ -15,6 +15,7 @@ from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR
 from ..data.dataset import load_sample
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
+from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
@@ -185,4 +186,4 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
             "zero_shot_pixel_accuracy": float((pred == y[labelled]).double().mean()),
             "summary_features": int(len(pick)), "samples": len(index.samples), "bytes_on_disk": store.bytes_on_disk(),
             "bytes_per_sample": store.bytes_on_disk() / max(len(index.samples), 1),
-            "synthetic": store.manifest.teacher_id.startswith("sim-clip")}
+            "synthetic": is_synthetic_town(index.dataroot)}

@@ -59,6 +59,11 @@ class SimConfig:
         return "urban" if self.lidar == "hdl32" else "suburban"
 
 
+def is_synthetic_town(dataroot: str | Path) -> bool:
+    """True for a dataset written by :func:`make_town` (it has the side-car maps); its numbers are synthetic."""
+    return (Path(dataroot) / SIDECAR_DIR).is_dir()
+
+
 def _token(*parts) -> str:
     return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
 
