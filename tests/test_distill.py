@@ -41,7 +41,8 @@ def test_killed_run_resumes_to_the_same_weights(town, store_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, on_epoch_end=kill)
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
-    distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, resume=True)
+    resumed = distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, resume=True)
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
     for key in a:

@@ -121,6 +121,16 @@ def parameter_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _epoch_means(log_path: Path) -> list[dict]:
+    """Mean loss per epoch from the step log, so a resumed run reports its earlier epochs too."""
+    losses: dict[int, list[float]] = {}
+    for line in log_path.read_text().splitlines():
+        if line:
+            row = json.loads(line)
+            losses.setdefault(row["epoch"], []).append(row["loss"])
+    return [{"epoch": e, "mean_loss": float(np.mean(v))} for e, v in sorted(losses.items())]
+
+
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -226,7 +236,7 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
         if log_file:
             log_file.close()
     seconds = time.perf_counter() - started
-    result = {"epochs": epoch_losses, "steps": step, "seconds": seconds,
+    result = {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
               "samples_per_second": samples_seen / seconds if seconds > 0 else None,
               "checkpoint": str(ckpt_path), "world_size": dinfo.world}
     checksum = parameter_checksum(model)
