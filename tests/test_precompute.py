@@ -86,3 +86,22 @@ def test_sim_features_follow_the_sidecar(index, store_dir):
     pure &= labels > 0
     pred = np.einsum("dhw,cd->hwc", feats, text).argmax(-1) + 1
     assert pure.sum() > 10 and (pred[pure] == labels[pure]).mean() > 0.8
+
+
+def test_openclip_teacher_end_to_end(town, tmp_path, index):
+    """precompute with a real open_clip model (tiny config, random weights, offline) through MaskCLIP."""
+    import open_clip
+
+    from .test_maskclip import TINY
+
+    open_clip.add_model_config(TINY)
+    out = tmp_path / "clip"
+    result = precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-vit", image_size=IMAGE,
+                                         summary_per_class=200, quiet=True))
+    assert result["complete"] and result["computed"] == len(index.samples)
+    store = FeatureStore.open(out, teacher="openclip:rdistill-tiny-vit")
+    assert store.read(index.samples[0]["token"]).shape == (6, 32, IMAGE[1] // 16, IMAGE[0] // 16)
+    classes, text = store.text_embeddings()
+    assert text.shape == (16, 32)
+    with pytest.raises(UserError, match="sim-clip"):
+        FeatureStore.open(out, teacher="sim-clip")
