@@ -145,19 +145,21 @@ def plot(summary: dict, path: Path) -> None:
     metrics = [("zero_shot", "zero-shot"), ("finetune_1pct_id", "1 % ID"), ("finetune_1pct_ood", "1 % OOD"),
                ("linear_probe", "linear probe")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    colour = dict(zip(VARIANTS, plt.get_cmap("tab10").colors))
     width = 0.2
     for i, variant in enumerate(VARIANTS):
         cols = summary["table"][variant]
         xs = np.arange(len(metrics)) + (i - 1.5) * width
         axes[0].bar(xs, [100 * cols[m][0] for m, _ in metrics], width, yerr=[100 * cols[m][1] for m, _ in metrics],
-                    label=variant)
+                    label=variant, color=colour[variant])
     axes[0].set_xticks(np.arange(len(metrics)), [n for _, n in metrics])
     axes[0].set_ylabel("mIoU (%)")
     axes[0].set_title("segmentation (synthetic)")
     axes[0].legend(fontsize=8)
     for variant in VARIANTS[1:]:
         runs = [r for r in summary["runs"] if r["variant"] == variant]
-        axes[1].scatter([r["G"] for r in runs], [100 * r["zero_shot"] for r in runs], label=variant)
+        axes[1].scatter([r["G"] for r in runs], [100 * r["zero_shot"] for r in runs], label=variant,
+                        color=colour[variant])
     axes[1].set_xlabel("modality gap G")
     axes[1].set_ylabel("zero-shot mIoU (%)")
     axes[1].set_title("structure vs zero-shot (synthetic)")
@@ -176,7 +178,10 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="student preset (default: small, minkunet34 when --scale > 1)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--replot", action="store_true", help="only redraw results.png from results.json")
     args = parser.parse_args()
+    if args.replot:
+        return plot(json.loads((args.out / "results.json").read_text()), args.out / "results.png")
     args.preset = args.preset or ("small" if args.scale == 1 else "minkunet34")
     args.epochs, args.finetune_epochs, args.probe_epochs = 4 * args.scale, 6 * args.scale, 2 * args.scale
     started = time.perf_counter()
