@@ -96,6 +96,16 @@ def _slope(diff: torch.Tensor, p: int) -> torch.Tensor:
     return diff.sign() if p == 1 else 2 * diff
 
 
+def _relation_blocks(k: torch.Tensor, q: torch.Tensor, block: int):
+    """For every (row block r, column block c): r, c and the blocks of K Q^T - Q Q^T and K K^T - Q Q^T."""
+    n = k.shape[0]
+    for r in range(0, n, block):
+        kr, qr = k[r:r + block], q[r:r + block]
+        for c in range(0, n, block):
+            qq = qr @ q[c:c + block].T
+            yield r, c, kr @ q[c:c + block].T - qq, kr @ k[c:c + block].T - qq
+
+
 class _BlockRelational(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, q, intra_weight, p, block):
@@ -103,21 +113,16 @@ class _BlockRelational(torch.autograd.Function):
         diag = k.new_zeros(())
         cross_off = k.new_zeros(())
         intra_off = k.new_zeros(())
-        for r in range(0, n, block):
-            kr, qr = k[r:r + block], q[r:r + block]
-            for c in range(0, n, block):
-                qc, kc = q[c:c + block], k[c:c + block]
-                qq = qr @ qc.T
-                cross = _error(kr @ qc.T - qq, p)
-                intra = _error(kr @ kc.T - qq, p)
-                if r == c:
-                    d = cross.diagonal().sum()
-                    diag = diag + d
-                    cross_off = cross_off + cross.sum() - d
-                    intra_off = intra_off + intra.sum() - intra.diagonal().sum()
-                else:
-                    cross_off = cross_off + cross.sum()
-                    intra_off = intra_off + intra.sum()
+        for r, c, cross_diff, intra_diff in _relation_blocks(k, q, block):
+            cross, intra = _error(cross_diff, p), _error(intra_diff, p)
+            if r == c:
+                d = cross.diagonal().sum()
+                diag = diag + d
+                cross_off = cross_off + cross.sum() - d
+                intra_off = intra_off + intra.sum() - intra.diagonal().sum()
+            else:
+                cross_off = cross_off + cross.sum()
+                intra_off = intra_off + intra.sum()
         ctx.save_for_backward(k, q)
         ctx.intra_weight, ctx.p, ctx.block = intra_weight, p, block
         pairs = n * (n - 1)
@@ -129,19 +134,14 @@ class _BlockRelational(torch.autograd.Function):
         lam, p, block, n = ctx.intra_weight, ctx.p, ctx.block, k.shape[0]
         w_off = 1.0 / (n * (n - 1))
         grad = torch.zeros_like(k)
-        for r in range(0, n, block):
-            kr, qr = k[r:r + block], q[r:r + block]
-            for c in range(0, n, block):
-                qc, kc = q[c:c + block], k[c:c + block]
-                qq = qr @ qc.T
-                slope_c = _slope(kr @ qc.T - qq, p)
-                slope_i = _slope(kr @ kc.T - qq, p)
-                w_c = torch.full_like(slope_c, w_off)
-                w_i = torch.full_like(slope_i, 2 * lam * w_off)  # each unordered pair appears twice
-                if r == c:
-                    w_c.fill_diagonal_(1.0 / n)
-                    w_i.fill_diagonal_(0.0)
-                grad[r:r + block] += (w_c * slope_c) @ qc + (w_i * slope_i) @ kc
+        for r, c, cross_diff, intra_diff in _relation_blocks(k, q, block):
+            slope_c, slope_i = _slope(cross_diff, p), _slope(intra_diff, p)
+            w_c = torch.full_like(slope_c, w_off)
+            w_i = torch.full_like(slope_i, 2 * lam * w_off)  # each unordered pair appears twice
+            if r == c:
+                w_c.fill_diagonal_(1.0 / n)
+                w_i.fill_diagonal_(0.0)
+            grad[r:r + block] += (w_c * slope_c) @ q[c:c + block] + (w_i * slope_i) @ k[c:c + block]
         return grad * grad_out, None, None, None, None
 
 

@@ -17,7 +17,7 @@ from ..metrics.structure import modality_gap, sample_per_class, tolerance, unifo
 from ..progress import progress_bar
 from ..report import write_result
 from ..teachers.store import FeatureStore
-from .evaluate import load_student
+from .evaluate import load_student, point_outputs
 from .training import resolve_device
 
 METRICS = ("uniformity", "tolerance", "gap")
@@ -39,8 +39,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
     with progress_bar(f"features ({split})", len(samples), quiet, unit="samples") as bar:
         for sample in samples:
             item = load_sample(index, sample, store, max_pairs=max_pairs_per_sample, rng=rng)
-            points = item["points"].to(device)
-            k = model(points, torch.zeros(len(points), dtype=torch.long, device=device)).float()
+            k = point_outputs(model, item["points"].to(device))
             ks.append(F.normalize(k[item["pair_point"].to(device)], dim=1).cpu())
             qs.append(item["pair_teacher"])
             ys.append(item["labels"][item["pair_point"]])

@@ -34,9 +34,15 @@ def load_student(checkpoint: Path, device: str):
 
 
 @torch.no_grad()
+def point_outputs(model, points: torch.Tensor) -> torch.Tensor:
+    """(N, out_dim) float32 outputs of the student for one point cloud (N, 5)."""
+    return model(points, torch.zeros(len(points), dtype=torch.long, device=points.device)).float()
+
+
+@torch.no_grad()
 def predict(model, meta: dict, points: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
     """(N,) predicted 16-class labels in 1..16 for one point cloud."""
-    out = model(points, torch.zeros(len(points), dtype=torch.long, device=points.device)).float()
+    out = point_outputs(model, points)
     if meta["kind"] == "distill":
         return (F.normalize(out, dim=1) @ text.T).argmax(1) + 1
     return out.argmax(1) + 1

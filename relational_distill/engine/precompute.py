@@ -37,7 +37,17 @@ def load_prompts(path: Path) -> tuple[list[list[str]], str]:
     return prompts, digest
 
 
-class SimClipAdapter:
+class _TeacherAdapter:
+    """What precompute needs of a teacher: id, hashes, feature dim, ViT patch size, features and text embeddings."""
+
+    patch: int
+
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid (rows, columns) of an image of ``image_size`` = (width, height) pixels."""
+        return image_size[1] // self.patch, image_size[0] // self.patch
+
+
+class SimClipAdapter(_TeacherAdapter):
     """The simulated teacher behind the common teacher interface."""
 
     def __init__(self, index: DatasetIndex, config: Path) -> None:
@@ -48,11 +58,8 @@ class SimClipAdapter:
         self.teacher_id = self.teacher.teacher_id
         self.weights_hash = self.cfg.digest()
         self.templates_hash = "sim-clip"
-        self.dim = self.cfg.dim
+        self.dim, self.patch = self.cfg.dim, self.cfg.patch
         self.index = index
-
-    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        return image_size[1] // self.cfg.patch, image_size[0] // self.cfg.patch
 
     def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
         for s in samples:
@@ -66,7 +73,7 @@ class SimClipAdapter:
         return self.teacher.text_embeddings()
 
 
-class OpenClipAdapter:
+class OpenClipAdapter(_TeacherAdapter):
     """open_clip CLIP with MaskCLIP dense features; images are resized to the teacher input size."""
 
     def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str) -> None:
@@ -78,9 +85,6 @@ class OpenClipAdapter:
         self.patch = self.model.visual.conv1.kernel_size[0]
         self.dim = self.model.visual.output_dim
         self.index, self.device = index, device
-
-    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        return image_size[1] // self.patch, image_size[0] // self.patch
 
     def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
         from PIL import Image
