@@ -1,13 +1,16 @@
 """Training throughput (samples/s) and peak memory of student + loss on the synthetic town, per loss.
 
 Makes a 40-sample town and its sim-clip features in a temporary folder unless --town/--features are given.
+With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
+REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio.
 
-    .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda]
+    .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda] [--baseline REV]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="relational")
     parser.add_argument("--out")
+    parser.add_argument("--baseline", help="git revision to compare with (its code and its distill_cpu.yaml)")
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -53,14 +57,31 @@ def main() -> None:
         args.town, args.features = str(tmp / "town"), str(tmp / "features")
         make_town(Path(args.town), SimConfig(scenes=5, samples_per_scene=8))
         precompute(PrecomputeConfig(dataroot=Path(args.town), out=Path(args.features), quiet=True, summary_per_class=100))
-    print("| loss | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|")
+    variants = [("this tree", Path(__file__).resolve().parents[1], args.config)]
+    if args.baseline:
+        root = tmp / "baseline"
+        root.mkdir()
+        archive = subprocess.run(["git", "archive", args.baseline], capture_output=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        variants.append((f"baseline {args.baseline}", root, str(root / "configs" / "distill_cpu.yaml")))
+    print("| loss | code | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|---|")
+    rates: dict[tuple[str, str], float] = {}
     for loss in ("contrastive", "similarity", "relational"):
-        cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", args.config, "--device", args.device,
-               "--town", args.town, "--features", args.features, "--out", str(tmp / f"run-{loss}")]
-        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        print(f"| {loss} | {Path(args.config).name} | {args.device} | {res['samples_per_second']:.2f} | "
-              f"{res['peak_bytes'] / 2**20:.0f} |", flush=True)
-
+        for name, root, config in variants:
+            cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", config, "--device", args.device,
+                   "--town", args.town, "--features", args.features, "--out", str(tmp / f"run-{loss}-{len(rates)}")]
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=root)
+                             .stdout.strip().splitlines()[-1])
+            rates[loss, name] = res["samples_per_second"]
+            print(f"| {loss} | {name} | {Path(config).name} | {args.device} | {res['samples_per_second']:.2f} | "
+                  f"{res['peak_bytes'] / 2**20:.0f} |", flush=True)
+    if args.baseline:
+        base = variants[1][0]
+        print("\nspeed-up of this tree over " + base + ": " +
+              ", ".join(f"{loss} {rates[loss, 'this tree'] / rates[loss, base]:.2f}x"
+                        for loss in ("contrastive", "similarity", "relational")))
 
 if __name__ == "__main__":
     main()

@@ -126,7 +126,10 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     label = " (synthetic)" if result["synthetic"] else ""
     print_table(f"teacher {result['teacher']}{label}", ["metric", "value"],
                 [("uniformity U", result["uniformity"]), ("tolerance T", result["tolerance"]),
-                 ("2D zero-shot accuracy", result["zero_shot_pixel_accuracy"]), ("samples", result["samples"]),
+                 ("2D zero-shot accuracy", result["zero_shot_pixel_accuracy"]),
+                 ("zero-shot mIoU at lidar-paired val points", result["teacher_zero_shot_miou"]
+                  if result["teacher_zero_shot_miou"] is not None else result["teacher_zero_shot_note"]),
+                 ("samples", result["samples"]),
                  ("bytes on disk", result["bytes_on_disk"]), ("bytes per sample", result["bytes_per_sample"])])
     stdout.print(f"summary: {Path(out) / 'summary.json'}")
 
@@ -145,6 +148,8 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
             block_size: Optional[int] = typer.Option(None, help="Block-wise loss with blocks of this many rows."),
             preset: Optional[str] = typer.Option(None, help="Student width: small (CPU) or minkunet34."),
             seed: Optional[int] = typer.Option(None), workers: Optional[int] = typer.Option(None),
+            eval_every: Optional[int] = typer.Option(None, help="Every N epochs, log val zero-shot mIoU and U / T / G "
+                                                     "into log.jsonl (see 'rdistill plot')."),
             device: str = typer.Option("cpu", help="cpu or cuda; under torchrun one process per device."),
             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
             quiet: bool = QUIET) -> None:
@@ -154,7 +159,7 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
 
     cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
-                                              "seed": seed, "workers": workers})
+                                              "seed": seed, "workers": workers, "eval_every": eval_every})
     result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
@@ -175,19 +180,28 @@ def _print_evaluation(result: dict) -> None:
 
 @app.command()
 @user_errors
-def evaluate(checkpoint: Path = typer.Argument(..., help="checkpoint.pt from distill or finetune."),
+def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt from distill or finetune."),
              zero_shot: bool = typer.Option(False, "--zero-shot", help="Classify points by CLIP text embeddings."),
+             teacher: Optional[Path] = typer.Option(None, help="A feature store instead of a checkpoint: the teacher's "
+                                                  "own zero-shot mIoU at the lidar-paired points (the ceiling)."),
              dataroot: Optional[Path] = typer.Option(None, help="Evaluate on another dataset than the checkpoint's."),
              version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
              split: str = typer.Option("val"), device: str = typer.Option("cpu"),
-             out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint)."),
+             out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint or store)."),
              quiet: bool = QUIET) -> None:
-    """Per-class IoU and mIoU of a checkpoint: zero-shot for a distilled one, through its head for a finetuned one."""
-    from .engine.evaluate import evaluate as run
+    """Per-class IoU and mIoU of a checkpoint (zero-shot for a distilled one, through its head for a finetuned
+    one), or of the teacher itself with --teacher FEATURES."""
+    from .engine.evaluate import evaluate as run, evaluate_teacher
 
-    result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet)
+    if (checkpoint is None) == (teacher is None):
+        raise UserError("evaluate: give a checkpoint.pt, or --teacher FEATURES for the teacher's own zero-shot mIoU")
+    if teacher is not None:
+        result = evaluate_teacher(teacher, dataroot, version, split, quiet)
+        path = out or Path(teacher) / f"teacher_zero_shot_{split}.json"
+    else:
+        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet)
+        path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
     _print_evaluation(result)
-    path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
     write_result(path, result)
     stdout.print(f"result: {path}")
 
@@ -245,6 +259,21 @@ def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt
     print_table(f"structure of {result['features']} paired features{label}", ["metric", "3D student", "2D teacher"], rows)
     stdout.print(f"plot: {result.get('plot')}  result: {Path(result['plot']).parent / 'analysis.json'}"
                  if result.get("plot") else "")
+
+
+@app.command()
+@user_errors
+def plot(runs: list[Path] = typer.Argument(..., help="Run folders of distill or finetune (each with a log.jsonl)."),
+         out: Path = typer.Option(Path("curves.png"), help="PNG to write."),
+         smooth: int = typer.Option(10, help="Running mean of the loss over this many steps.")) -> None:
+    """Learning curves of one or several runs in one PNG: loss, val zero-shot mIoU and U / T / G against the step
+    (the last two from 'distill --eval-every')."""
+    from .report import plot_runs
+
+    for run in runs:
+        if not (Path(run) / "log.jsonl").exists():
+            raise UserError(f"{run}: no log.jsonl; pass a run folder written by 'rdistill distill' or 'finetune'")
+    stdout.print(f"curves: {plot_runs(runs, out, smooth)}")
 
 
 @app.command()

@@ -9,6 +9,12 @@ the same N pairs; rows L2-normalised; ``q`` is treated as a constant (no gradien
 ``block_size=None`` is the plain form. An integer computes the same value and gradient block by block with a
 custom autograd function that keeps only K, Q (and per-row log-sum-exps) between forward and backward, so no
 N x N matrix is ever held: memory O(block_size x block_size x ...) instead of O(N^2).
+
+The squared relational loss (``p=2``) has an exact O(N x D^2) form through D x D Gram matrices (SPEC 5,
+docs/convergence.md): ``||K Q^T - Q Q^T||^2 = <(K-Q)^T (K-Q), Q^T Q>`` and
+``||K K^T - Q Q^T||^2 = ||K^T K||^2 - 2 ||K^T Q||^2 + ||Q^T Q||^2``, minus the diagonal terms. It never forms
+an N x N matrix and costs 4 N D^2 multiply-adds instead of 2 N^2 D, so it takes every pair of a batch
+(N >= 10^6); ``relational_loss`` uses it for ``p=2`` whatever ``block_size`` says.
 """
 from __future__ import annotations
 
@@ -77,23 +83,13 @@ def similarity_loss(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 # -- relational -------------------------------------------------------------------------------------------------------
-def _relational_plain(k: torch.Tensor, q: torch.Tensor, intra_weight: float, p: int) -> torch.Tensor:
+def _relational_plain(k: torch.Tensor, q: torch.Tensor, intra_weight: float) -> torch.Tensor:
     n = k.shape[0]
     qq = q @ q.T
-    cross = (k @ q.T - qq).abs().pow(p)
-    intra = (k @ k.T - qq).abs().pow(p)
+    cross = (k @ q.T - qq).abs()
+    intra = (k @ k.T - qq).abs()
     off = ~torch.eye(n, dtype=torch.bool, device=k.device)
     return cross.diagonal().mean() + cross[off].mean() + intra_weight * intra[off].mean()
-
-
-def _error(diff: torch.Tensor, p: int) -> torch.Tensor:
-    """|diff|^p."""
-    return diff.abs() if p == 1 else diff * diff
-
-
-def _slope(diff: torch.Tensor, p: int) -> torch.Tensor:
-    """d |diff|^p / d diff."""
-    return diff.sign() if p == 1 else 2 * diff
 
 
 def _relation_blocks(k: torch.Tensor, q: torch.Tensor, block: int):
@@ -107,14 +103,16 @@ def _relation_blocks(k: torch.Tensor, q: torch.Tensor, block: int):
 
 
 class _BlockRelational(torch.autograd.Function):
+    """The L1 relational loss block by block (the squared one has the cheaper exact Gram form)."""
+
     @staticmethod
-    def forward(ctx, k, q, intra_weight, p, block):
+    def forward(ctx, k, q, intra_weight, block):
         n = k.shape[0]
         diag = k.new_zeros(())
         cross_off = k.new_zeros(())
         intra_off = k.new_zeros(())
         for r, c, cross_diff, intra_diff in _relation_blocks(k, q, block):
-            cross, intra = _error(cross_diff, p), _error(intra_diff, p)
+            cross, intra = cross_diff.abs(), intra_diff.abs()
             if r == c:
                 d = cross.diagonal().sum()
                 diag = diag + d
@@ -124,36 +122,56 @@ class _BlockRelational(torch.autograd.Function):
                 cross_off = cross_off + cross.sum()
                 intra_off = intra_off + intra.sum()
         ctx.save_for_backward(k, q)
-        ctx.intra_weight, ctx.p, ctx.block = intra_weight, p, block
+        ctx.intra_weight, ctx.block = intra_weight, block
         pairs = n * (n - 1)
         return diag / n + cross_off / pairs + intra_weight * intra_off / pairs
 
     @staticmethod
     def backward(ctx, grad_out):
         k, q = ctx.saved_tensors
-        lam, p, block, n = ctx.intra_weight, ctx.p, ctx.block, k.shape[0]
+        lam, block, n = ctx.intra_weight, ctx.block, k.shape[0]
         w_off = 1.0 / (n * (n - 1))
         grad = torch.zeros_like(k)
         for r, c, cross_diff, intra_diff in _relation_blocks(k, q, block):
-            slope_c, slope_i = _slope(cross_diff, p), _slope(intra_diff, p)
+            slope_c, slope_i = cross_diff.sign(), intra_diff.sign()
             w_c = torch.full_like(slope_c, w_off)
             w_i = torch.full_like(slope_i, 2 * lam * w_off)  # each unordered pair appears twice
             if r == c:
                 w_c.fill_diagonal_(1.0 / n)
                 w_i.fill_diagonal_(0.0)
             grad[r:r + block] += (w_c * slope_c) @ q[c:c + block] + (w_i * slope_i) @ k[c:c + block]
-        return grad * grad_out, None, None, None, None
+        return grad * grad_out, None, None, None
+
+
+def _relational_gram(k: torch.Tensor, q: torch.Tensor, intra_weight: float) -> torch.Tensor:
+    """The squared relational loss in O(N D^2) time and O(D^2) extra memory (see the module docstring).
+
+    The Gram matrices are formed in the input precision; their Frobenius products are summed in float64, since
+    the intra term is a difference of three numbers of order N^2."""
+    n = k.shape[0]
+    kk, kq, qq = k.T @ k, k.T @ q, q.T @ q                       # (D, D) each
+    err = k - q
+    cross_all = ((err.T @ err).double() * qq.double()).sum()     # ||(K - Q) Q^T||^2
+    cross_diag = ((err * q).sum(1).double() ** 2).sum()           # sum_i ((k_i - q_i) . q_i)^2
+    intra_all = (kk.double() ** 2).sum() - 2 * (kq.double() ** 2).sum() + (qq.double() ** 2).sum()
+    intra_diag = (((k * k).sum(1) - (q * q).sum(1)).double() ** 2).sum()
+    pairs = n * (n - 1)
+    loss = cross_diag / n + (cross_all - cross_diag) / pairs + intra_weight * (intra_all - intra_diag) / pairs
+    return loss.to(k.dtype)
 
 
 def relational_loss(k: torch.Tensor, q: torch.Tensor, intra_weight: float = 1.0, p: int = 1,
                     block_size: int | None = None) -> torch.Tensor:
-    """Cross-modal + ``intra_weight`` x intra-modal relational loss; ``p=1`` L1 (default), ``p=2`` squared."""
+    """Cross-modal + ``intra_weight`` x intra-modal relational loss; ``p=1`` L1 (plain or block-wise), ``p=2``
+    squared error (always the exact O(N D^2) Gram form)."""
     if p not in (1, 2):
         raise ValueError(f"p={p}: the relational loss takes p=1 (L1) or p=2 (squared error)")
     q = q.detach()
+    if p == 2:
+        return _relational_gram(k, q, intra_weight)
     if block_size is None:
-        return _relational_plain(k, q, intra_weight, p)
-    return _BlockRelational.apply(k, q, intra_weight, p, block_size)
+        return _relational_plain(k, q, intra_weight)
+    return _BlockRelational.apply(k, q, intra_weight, block_size)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

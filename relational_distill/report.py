@@ -32,3 +32,49 @@ def write_result(path: Path, result: dict) -> Path:
     """Write ``result`` as JSON at ``path`` (atomically) and return the path."""
     atomic_write_json(Path(path), result)
     return Path(path)
+
+
+def read_log(path: Path) -> tuple[list[dict], list[dict]]:
+    """The rows of a run's log.jsonl: (training steps with a loss, evaluations written by --eval-every)."""
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_zero_shot_miou" in r]
+
+
+def plot_runs(runs: Sequence[Path], path: Path, smooth: int = 10) -> Path:
+    """One PNG of the learning curves of ``runs`` (run folders with a log.jsonl): loss (running mean over
+    ``smooth`` steps), val zero-shot mIoU, and U / T / G of the student's features, each against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    colours = plt.get_cmap("tab10")
+    for i, run in enumerate(runs):
+        steps, evals = read_log(Path(run) / "log.jsonl")
+        name, colour = Path(run).name, colours(i % 10)
+        if steps:
+            loss = np.array([r["loss"] for r in steps])
+            kernel = np.ones(min(smooth, len(loss))) / min(smooth, len(loss))
+            axes[0].plot([r["step"] for r in steps][len(kernel) - 1:], np.convolve(loss, kernel, "valid"),
+                         color=colour, label=name)
+        if evals:
+            x = [r["step"] for r in evals]
+            axes[1].plot(x, [100 * r["val_zero_shot_miou"] for r in evals], "o-", color=colour, label=name)
+            for key, style in (("uniformity", "-"), ("tolerance", "--"), ("modality_gap", ":")):
+                axes[2].plot(x, [r[key] for r in evals], style, marker=".", color=colour)
+    axes[0].set(title="distillation loss", xlabel="step")
+    axes[1].set(title="val zero-shot mIoU (%)", xlabel="step")
+    axes[2].set(title="U (solid), T (dashed), G (dotted)", xlabel="step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -33,3 +33,13 @@ def test_cylindrical_mode_bins_by_angle():
     xyz = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
     c = voxel_coordinates(xyz, 0.1, "cylindrical", 1.0)
     assert c[0, 0] == c[1, 0] and c[1, 1] - c[0, 1] == 90
+
+
+def test_voxelize_equals_row_unique():
+    """The mixed-radix key gives exactly torch.unique(rows, dim=0): same voxels, same order, same inverse."""
+    g = torch.Generator().manual_seed(1)
+    coords = [torch.randint(-40, 40, (500, 3), generator=g), torch.randint(0, 7, (300, 3), generator=g)]
+    rows = torch.cat([torch.cat([torch.full((len(c), 1), b), c - c.min(0).values], 1) for b, c in enumerate(coords)])
+    want, want_inverse = torch.unique(rows, dim=0, return_inverse=True)
+    indices, inverse, _ = voxelize(coords)
+    assert torch.equal(indices.long(), want) and torch.equal(inverse, want_inverse)

@@ -33,14 +33,19 @@ def voxelize(coords: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, li
         inverse (sum N_b,) int64 voxel of each point, in the order of the concatenated points;
         spatial_shape [X, Y, Z], padded to a multiple of 16 so four stride-2 levels divide evenly.
     """
-    shifted = []
-    for b, c in enumerate(coords):
-        c = c - c.min(0).values
-        shifted.append(torch.cat([torch.full((len(c), 1), b, dtype=torch.long), c], 1))
-    allc = torch.cat(shifted)
-    unique, inverse = torch.unique(allc, dim=0, return_inverse=True)
-    spatial = (unique[:, 1:].max(0).values + 1).tolist()
-    spatial = [int(-(-s // 16) * 16) for s in spatial]
+    shifted = torch.cat([c - c.min(0).values for c in coords])
+    batch = torch.cat([torch.full((len(c),), b, dtype=torch.long) for b, c in enumerate(coords)])
+    extent = shifted.max(0).values + 1
+    # One int64 key per point in mixed radix (batch, x, y, z): sorting keys sorts rows lexicographically, so this
+    # is torch.unique(rows, dim=0) without its slow row-wise sort.
+    key = ((batch * extent[0] + shifted[:, 0]) * extent[1] + shifted[:, 1]) * extent[2] + shifted[:, 2]
+    unique_key, inverse = torch.unique(key, return_inverse=True)
+    z = unique_key % extent[2]
+    rest = unique_key // extent[2]
+    y = rest % extent[1]
+    rest = rest // extent[1]
+    unique = torch.stack([rest // extent[0], rest % extent[0], y, z], 1)
+    spatial = [int(-(-int(s) // 16) * 16) for s in extent]
     return unique.int(), inverse, spatial
 
 

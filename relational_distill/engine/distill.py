@@ -1,21 +1,25 @@
 """``rdistill distill``: train the sparse 3D student to match the teacher's pixel features through one loss."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import PointCloudDataset
+from ..data.dataset import PointCloudDataset, load_sample
 from ..data.nuscenes import load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..losses import LOSS_NAMES, make_loss, superpixel_pool
+from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
 from ..teachers.store import FeatureStore
-from .training import LoopConfig, init_distributed, resolve_device, train
+from .evaluate import point_outputs, segmentation_confusion, segmentation_result
+from .training import LOG, LoopConfig, init_distributed, resolve_device, train
 
 
 @dataclass
@@ -26,7 +30,7 @@ class DistillConfig:
     preset: str = "small"
     epochs: int = 10
     batch_size: int = 2
-    num_pairs: int = 4096            # pairs per batch fed to the loss (N)
+    num_pairs: int | None = 4096     # pairs per batch fed to the loss (N); None: every pair of the batch
     pairs_per_sample: int = 8192     # pairs loaded per sample before the per-batch draw
     optimizer: str = "adamw"
     lr: float = 2e-3
@@ -43,6 +47,7 @@ class DistillConfig:
     min_depth: float = 1.0
     seed: int = 0
     workers: int = 1
+    eval_every: int = 0              # epochs between val evaluations written into log.jsonl (0 = none)
 
     def check(self) -> None:
         if self.loss not in LOSS_NAMES:
@@ -51,6 +56,8 @@ class DistillConfig:
             raise UserError(f"preset '{self.preset}': choose one of {', '.join(PRESETS)}")
         if self.superpixels and self.loss != "contrastive":
             raise UserError(f"superpixels={self.superpixels}: superpixel pooling is SLidR's, for --loss contrastive only")
+        if self.eval_every < 0:
+            raise UserError(f"eval_every={self.eval_every}: give a number of epochs >= 0 (0 = no evaluation)")
         if self.relational_p not in (1, 2):
             raise UserError(f"relational_p={self.relational_p}: use 1 (L1) or 2 (squared error)")
 
@@ -82,26 +89,71 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
     rank = init_distributed(device).rank
 
     def step(model, batch, step_no):
-        points = batch["points"].to(device)
-        k_all = model(points, batch["batch"].to(device))
+        points, point_batch = batch["points"].to(device), batch["batch"].to(device)
         if cfg.superpixels:  # SLidR: InfoNCE between superpixel-pooled point and pixel features
             segment = batch["pair_segment"].to(device)
-            k = superpixel_pool(F.normalize(k_all[batch["pair_point"].to(device)].float(), dim=1), segment)
+            k = model(points, point_batch, rows=batch["pair_point"].to(device))
+            k = superpixel_pool(F.normalize(k.float(), dim=1), segment)
             return loss_fn(k, superpixel_pool(batch["pair_teacher"].to(device), segment))
-        n = len(batch["pair_point"])
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + rank)
-        pick = torch.randperm(n, generator=g)[: cfg.num_pairs]
-        k = F.normalize(k_all[batch["pair_point"][pick].to(device)].float(), dim=1)
-        q = batch["pair_teacher"][pick].to(device)
-        return loss_fn(k, q)
+        pick = torch.arange(len(batch["pair_point"]))
+        if cfg.num_pairs is not None:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + rank)
+            pick = torch.randperm(len(pick), generator=g)[: cfg.num_pairs]
+        k = F.normalize(model(points, point_batch, rows=batch["pair_point"][pick].to(device)).float(), dim=1)
+        return loss_fn(k, batch["pair_teacher"][pick].to(device))
+
+    monitor = None
+    if cfg.eval_every and init_distributed(device).main:
+        monitor = ValMonitor(index, store, device)
+
+    def on_epoch(epoch: int) -> None:
+        if monitor and (epoch + 1) % cfg.eval_every == 0:
+            steps_done = (epoch + 1) * (len(train_samples) // init_distributed(device).world // cfg.batch_size)
+            row = {"step": steps_done, "epoch": epoch, **monitor(model)}
+            with open(Path(out) / LOG, "a") as log:
+                log.write(json.dumps(row) + "\n")
+        if on_epoch_end:
+            on_epoch_end(epoch)
 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, quiet=quiet)
     result = train(loop, model, [{"params": model.parameters(), "lr": cfg.lr}], cfg.weight_decay, dataset, step,
-                   meta, on_epoch_end)
+                   meta, on_epoch)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
                    "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
     if init_distributed(device).main:
         write_result(Path(out) / "distill.json", result)
     return result
+
+
+class ValMonitor:
+    """What ``--eval-every`` logs: zero-shot mIoU on every val point, and U / T / G of the student's features
+    against the teacher's on a fixed sample of val pairs (at most ``per_class`` pairs of each class)."""
+
+    def __init__(self, index, store: FeatureStore, device: str, split: str = "val", per_class: int = 500,
+                 pairs_per_sample: int = 2000, seed: int = 0) -> None:
+        self.index, self.device = index, device
+        self.samples = index.split(split)
+        if not self.samples:
+            raise UserError(f"{index.dataroot}: --eval-every needs samples in the '{split}' split")
+        _, text = store.text_embeddings()
+        self.text = text.to(device)
+        rng = np.random.default_rng(seed)
+        self.items = [load_sample(index, s, store, max_pairs=pairs_per_sample, rng=rng) for s in self.samples]
+        labels = torch.cat([it["labels"][it["pair_point"]] for it in self.items])
+        self.pick = sample_per_class(labels, per_class, seed)
+        self.q, self.y = torch.cat([it["pair_teacher"] for it in self.items])[self.pick], labels[self.pick]
+
+    @torch.no_grad()
+    def __call__(self, model: Student) -> dict:
+        was_training = model.training
+        model.eval()
+        meta = {"kind": "distill"}
+        conf = segmentation_confusion(model, meta, self.index, self.samples, self.text, self.device)
+        k = torch.cat([F.normalize(point_outputs(model, it["points"].to(self.device)), dim=1)[it["pair_point"]].cpu()
+                       for it in self.items])[self.pick]
+        model.train(was_training)
+        return {"val_zero_shot_miou": segmentation_result(conf)["miou"], "uniformity": uniformity(k, block_size=4096),
+                "tolerance": tolerance(k, self.y), "modality_gap": modality_gap(k, self.q)}
+

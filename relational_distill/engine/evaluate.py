@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..data.dataset import load_sample
-from ..data.nuscenes import load_index
+from ..data.nuscenes import DatasetIndex, load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.segmentation import confusion_matrix, miou
@@ -48,6 +48,29 @@ def predict(model, meta: dict, points: torch.Tensor, text: torch.Tensor | None) 
     return out.argmax(1) + 1
 
 
+def segmentation_result(conf: torch.Tensor) -> dict:
+    """mIoU, per-class IoU (None for a class absent from prediction and ground truth) and the confusion matrix."""
+    iou, mean = miou(conf)
+    absent = [CLASS_NAMES[i - 1] for i in range(1, NUM_CLASSES) if math.isnan(iou[i])]
+    return {"miou": mean,
+            "per_class_iou": {n: (None if math.isnan(iou[i + 1]) else float(iou[i + 1])) for i, n in enumerate(CLASS_NAMES)},
+            "absent_classes": absent, "confusion": conf.tolist()}
+
+
+@torch.no_grad()
+def segmentation_confusion(model, meta: dict, index: DatasetIndex, samples: list[dict], text: torch.Tensor | None,
+                           device: str, quiet: bool = True, label: str = "evaluate") -> torch.Tensor:
+    """(17, 17) point-level confusion matrix of the student's predictions over ``samples`` (every point)."""
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    with progress_bar(label, len(samples), quiet, unit="samples") as bar:
+        for sample in samples:
+            item = load_sample(index, sample)
+            pred = predict(model, meta, item["points"].to(device), text).cpu()
+            conf += confusion_matrix(pred, item["labels"])
+            bar.advance()
+    return conf
+
+
 def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = None, version: str | None = None,
              split: str = "val", device: str = "cpu", quiet: bool = False) -> dict:
     device = resolve_device(device)
@@ -66,17 +89,38 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
     samples = index.split(split)
     if not samples:
         raise UserError(f"{index.dataroot}: no samples in split '{split}'")
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
-    with progress_bar(f"evaluate ({split})", len(samples), quiet, unit="samples") as bar:
-        for sample in samples:
-            item = load_sample(index, sample)
-            pred = predict(model, meta, item["points"].to(device), text).cpu()
-            conf += confusion_matrix(pred, item["labels"])
-            bar.advance()
-    iou, mean = miou(conf)
-    absent = [CLASS_NAMES[i - 1] for i in range(1, NUM_CLASSES) if math.isnan(iou[i])]
+    conf = segmentation_confusion(model, meta, index, samples, text, device, quiet, f"evaluate ({split})")
     return {"checkpoint": str(checkpoint), "mode": "zero-shot" if zero_shot else "head", "split": split,
-            "dataroot": index.dataroot, "samples": len(samples), "miou": mean,
-            "per_class_iou": {n: (None if math.isnan(iou[i + 1]) else float(iou[i + 1])) for i, n in enumerate(CLASS_NAMES)},
-            "absent_classes": absent, "confusion": conf.tolist(),
+            "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf),
+            "synthetic": is_synthetic_town(index.dataroot)}
+
+
+def teacher_confusion(index: DatasetIndex, samples: list[dict], store: FeatureStore, quiet: bool = True) -> torch.Tensor:
+    """(17, 17) confusion matrix of the teacher's own zero-shot labels at the lidar-paired pixels of ``samples``.
+
+    Each lidar-pixel pair votes once (a point seen by two cameras votes twice): the argmax of the pixel's feature
+    against the text embeddings, scored with the point's lidar label (docs/convergence.md, "the teacher ceiling").
+    """
+    _, text = store.text_embeddings()
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    with progress_bar("teacher zero-shot", len(samples), quiet, unit="samples") as bar:
+        for sample in samples:
+            item = load_sample(index, sample, store)
+            pred = (item["pair_teacher"] @ text.T).argmax(1) + 1
+            conf += confusion_matrix(pred, item["labels"][item["pair_point"]])
+            bar.advance()
+    return conf
+
+
+def evaluate_teacher(features: Path, dataroot: Path | None = None, version: str | None = None, split: str = "val",
+                     quiet: bool = False) -> dict:
+    """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split``."""
+    store = FeatureStore.open(features)
+    index = load_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version)
+    samples = index.split(split)
+    if not samples:
+        raise UserError(f"{index.dataroot}: no samples in split '{split}'")
+    conf = teacher_confusion(index, samples, store, quiet)
+    return {"features": str(features), "teacher": store.manifest.teacher_id, "mode": "teacher zero-shot",
+            "split": split, "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf),
             "synthetic": is_synthetic_town(index.dataroot)}

@@ -21,6 +21,7 @@ from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import write_result
 from ..teachers.store import FeatureStore, Manifest
+from .evaluate import segmentation_result, teacher_confusion
 
 
 def load_prompts(path: Path) -> tuple[list[list[str]], str]:
@@ -165,6 +166,7 @@ def precompute(cfg: PrecomputeConfig) -> dict:
         result["missing"] = len(missing)
         return result
     result.update(teacher_summary(index, store, cfg.summary_per_class, cfg.quiet))
+    result.update(teacher_ceiling(index, store, cfg.quiet))
     result["complete"] = True
     write_result(store.root / "summary.json", result)
     return result
@@ -191,3 +193,16 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
             "summary_features": int(len(pick)), "samples": len(index.samples), "bytes_on_disk": store.bytes_on_disk(),
             "bytes_per_sample": store.bytes_on_disk() / max(len(index.samples), 1),
             "synthetic": is_synthetic_town(index.dataroot)}
+
+
+def teacher_ceiling(index: DatasetIndex, store: FeatureStore, quiet: bool = False, split: str = "val") -> dict:
+    """``teacher_zero_shot_miou``: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (what a
+    student is measured against), with its per-class IoU; None with a reason when the split has no labels."""
+    samples = [s for s in index.split(split) if s.get("lidarseg")]
+    if not samples:
+        return {"teacher_zero_shot_miou": None,
+                "teacher_zero_shot_note": f"no labelled samples in split '{split}'"}
+    res = segmentation_result(teacher_confusion(index, samples, store, quiet))
+    return {"teacher_zero_shot_miou": res["miou"], "teacher_zero_shot_split": split,
+            "teacher_zero_shot_per_class_iou": res["per_class_iou"]}
+

@@ -125,8 +125,8 @@ def _epoch_means(log_path: Path) -> list[dict]:
     """Mean loss per epoch from the step log, so a resumed run reports its earlier epochs too."""
     losses: dict[int, list[float]] = {}
     for line in log_path.read_text().splitlines():
-        if line:
-            row = json.loads(line)
+        row = json.loads(line) if line else {}
+        if "loss" in row:  # evaluation rows (distill --eval-every) carry no loss
             losses.setdefault(row["epoch"], []).append(row["loss"])
     return [{"epoch": e, "mean_loss": float(np.mean(v))} for e, v in sorted(losses.items())]
 

@@ -150,8 +150,9 @@ def point_inputs(points: torch.Tensor) -> torch.Tensor:
 class Student(nn.Module):
     """Backbone + a linear head; maps a batch of point clouds to per-point outputs.
 
-    ``forward(points (N, >=4), batch (N,))`` -> (N, out_dim). ``features`` gives the backbone's per-point
-    features (N, C) for heads trained later (finetuning, linear probing).
+    ``forward(points (N, >=4), batch (N,), rows=None)`` -> (N, out_dim), or (len(rows), out_dim) for the points
+    ``rows`` only: the head then runs on just the points a loss uses (distillation uses a few thousand of ~10^5).
+    ``features`` gives the backbone's per-point features (N, C) for heads trained later (finetuning, linear probing).
     """
 
     def __init__(self, out_dim: int, preset: str = "minkunet34", voxel: VoxelConfig = VoxelConfig(),
@@ -161,7 +162,8 @@ class Student(nn.Module):
         self.backbone = SparseUNet(4, preset, device_type)
         self.head = nn.Linear(self.backbone.out_channels, out_dim)
 
-    def features(self, points: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def voxel_features(self, points: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(backbone features per voxel (V, C), the voxel of each point (N,))."""
         num = int(batch.max()) + 1 if len(batch) else 0
         coords = voxel_coordinates(points[:, :3], self.voxel.size, self.voxel.mode, self.voxel.angular_resolution_deg)
         per_sample = [coords[batch == b] for b in range(num)]
@@ -172,7 +174,12 @@ class Student(nn.Module):
         inverse = inverse.to(points.device)
         feats = scatter_mean(point_inputs(points), inverse, len(indices))
         x = spconv.SparseConvTensor(feats, indices.to(points.device), shape, num)
-        return self.backbone(x)[inverse]
+        return self.backbone(x), inverse
 
-    def forward(self, points: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(points, batch))
+    def features(self, points: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        voxels, inverse = self.voxel_features(points, batch)
+        return voxels[inverse]
+
+    def forward(self, points: torch.Tensor, batch: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        voxels, inverse = self.voxel_features(points, batch)
+        return self.head(voxels[inverse if rows is None else inverse[rows]])
