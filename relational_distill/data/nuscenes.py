@@ -30,6 +30,9 @@ def check_dataroot(dataroot: Path, version: str) -> None:
     if not dataroot.is_dir():
         raise UserError(f"{dataroot}: no such folder; pass the nuScenes dataroot (the folder that holds "
                         f"'{version}/', 'samples/' and 'lidarseg/'), or make one with 'rdistill make-sim {dataroot}'")
+    if not (dataroot / version).is_dir() and (dataroot / "sequences").is_dir():
+        raise UserError(f"{dataroot}: a SemanticKITTI dataroot; this command needs nuScenes-format data "
+                        f"(finetune, evaluate and inspect take either)")
     if not (dataroot / version).is_dir():
         found = sorted(p.name for p in dataroot.iterdir() if p.is_dir() and (p / "sample.json").exists())
         hint = f"versions found there: {', '.join(found)}" if found else "no nuScenes table folder found there"
