@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ...errors import UserError
 from ..geometry import invert_transform, make_transform
 from .layout import FINE, SceneLayout
 from .sensors import LIDARS, camera_calibration, render_camera, scan_lidar
@@ -141,8 +142,8 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
     for s in range(cfg.scenes):
         sequence, position = (TRAIN_SEQUENCE, s) if s < train_scenes else (VAL_SEQUENCE, s - train_scenes)
         if position >= (1 << 16) // INSTANCES_PER_SCENE:
-            raise ValueError(f"scenes={cfg.scenes}: at most {(1 << 16) // INSTANCES_PER_SCENE} scenes fit one "
-                             f"sequence's 16-bit instance ids")
+            raise UserError(f"--scenes {cfg.scenes}: at most {(1 << 16) // INSTANCES_PER_SCENE} scenes fit one "
+                            f"sequence's 16-bit instance ids in the semantickitti format; use fewer scenes")
         plan.append((s, sequence, position * cfg.samples_per_scene, position * INSTANCES_PER_SCENE))
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
