@@ -17,6 +17,8 @@ app = typer.Typer(help="Distill a 2D foundation model (CLIP) into a sparse 3D li
 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 VERSION = typer.Option("v1.0-sim", "--version", help="nuScenes table version (v1.0-trainval, v1.0-mini, v1.0-sim, ...).")
+DATASET = typer.Option(None, "--dataset", help="nuscenes or semantickitti (default: recognised from the dataroot's "
+                                               "layout).")
 
 
 def user_errors(fn):
@@ -47,40 +49,54 @@ def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not ex
              scenes: int = typer.Option(8, help="Number of scenes."),
              samples_per_scene: int = typer.Option(8, help="Keyframes per scene (2 Hz)."),
              seed: int = typer.Option(0, help="Random seed; the town is deterministic for a seed."),
-             lidar: str = typer.Option("hdl32", help="hdl32 (nuScenes-like) or hdl64 (out-of-distribution town)."),
+             lidar: Optional[str] = typer.Option(None, help="hdl32 (nuScenes-like; default for --format nuscenes) or "
+                                                            "hdl64 (the out-of-distribution town; default for "
+                                                            "--format semantickitti)."),
+             fmt: str = typer.Option("nuscenes", "--format", help="nuscenes (tables, devkit-readable) or "
+                                                                     "semantickitti (sequences/NN/ layout)."),
              image_size: str = typer.Option("416x224", help="Camera image size WIDTHxHEIGHT (multiples of 16)."),
              version: str = VERSION,
              workers: int = typer.Option(2, help="Parallel scene renderers."),
              quiet: bool = QUIET) -> None:
-    """Generate the synthetic town: a nuScenes-format dataset that nuscenes-devkit loads like real data."""
+    """Generate the synthetic town: a nuScenes-format dataset that nuscenes-devkit loads like real data, or
+    (--format semantickitti) the 64-beam town in SemanticKITTI's layout."""
+    from .data.sim.kitti_writer import make_kitti_town
     from .data.sim.writer import SimConfig, make_town
     from .progress import progress_bar
 
+    if fmt not in ("nuscenes", "semantickitti"):
+        raise UserError(f"--format {fmt}: choose nuscenes or semantickitti")
+    lidar = lidar or ("hdl64" if fmt == "semantickitti" else "hdl32")
     try:
         cfg = SimConfig(scenes=scenes, samples_per_scene=samples_per_scene, seed=seed, lidar=lidar,
                         image_size=_parse_size(image_size), version=version)
     except ValueError as err:
         raise UserError(str(err)) from None
+    write = make_kitti_town if fmt == "semantickitti" else make_town
     try:
         with progress_bar("make-sim", scenes, quiet, unit="scenes") as bar:
-            summary = make_town(out, cfg, workers=workers, progress=lambda done, total: bar.advance())
+            summary = write(out, cfg, workers=workers, progress=lambda done, total: bar.advance())
     except FileExistsError as err:
         raise UserError(str(err)) from None
-    stdout.print(f"wrote synthetic town ({summary['samples']} samples, {scenes} scenes, lidar {lidar}) to {out}")
+    stdout.print(f"wrote synthetic town ({summary['samples']} samples, {scenes} scenes, lidar {lidar}, "
+                 f"{fmt} format) to {out}")
 
 
 @app.command()
 @user_errors
-def inspect(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."), version: str = VERSION,
+def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI dataroot."), version: str = VERSION,
+            dataset: Optional[str] = DATASET,
             min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
             out: Optional[Path] = typer.Option(None, help="Also write the counts as JSON here."),
             quiet: bool = QUIET) -> None:
     """Counts of scenes, samples, points per class and point-pixel pairs per camera."""
     from .engine.inspect import inspect_dataset
 
-    result = inspect_dataset(dataroot, version, min_depth, quiet)
-    print_table(f"{result['dataroot']} ({version}): {result['scenes']} scenes, {result['samples']} samples "
-                f"(train {result['samples_per_split']['train']}, val {result['samples_per_split']['val']})",
+    result = inspect_dataset(dataroot, version, min_depth, quiet, dataset)
+    _print_notes(result)
+    per_split = ", ".join(f"{k} {v}" for k, v in result["samples_per_split"].items())
+    print_table(f"{result['dataroot']} ({result['version']}): {result['scenes']} scenes, {result['samples']} samples "
+                f"({per_split})",
                 ["class", "points", "share"],
                 [(k, v, v / max(result["points"], 1)) for k, v in result["points_per_class"].items()])
     print_table("point-pixel pairs", ["camera", "pairs"], list(result["pairs_per_camera"].items()))
@@ -168,14 +184,24 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     stdout.print(f"checkpoint: {result['checkpoint']}  ({result['samples_per_second']:.2f} samples/s)")
 
 
+def _print_notes(result: dict) -> None:
+    for note in result.get("notes", []):
+        stdout.print(f"note: {note}")
+
+
 def _print_evaluation(result: dict) -> None:
     label = " (synthetic)" if result["synthetic"] else ""
+    _print_notes(result)
+    if result.get("predictions"):
+        stdout.print(f"predictions ({result['predictions']['files']} files) in {result['predictions']['folder']}")
+    if result["miou"] is None:
+        stdout.print(f"split '{result['split']}' has no labels: predictions written, nothing scored")
+        return
     rows = [(name, "absent" if iou is None else iou) for name, iou in result["per_class_iou"].items()]
     print_table(f"{result['mode']} segmentation on {result['split']} ({result['samples']} samples){label}",
                 ["class", "IoU"], rows + [("mIoU", result["miou"])])
     if result["absent_classes"]:
-        stdout.print(f"left out of the mean (absent from both prediction and ground truth): "
-                     f"{', '.join(result['absent_classes'])}")
+        stdout.print(f"{result['miou_convention']}: {', '.join(result['absent_classes'])}")
 
 
 @app.command()
@@ -188,6 +214,10 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
              version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
              split: str = typer.Option("val"), device: str = typer.Option("cpu"),
              out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint or store)."),
+             dataset: Optional[str] = DATASET,
+             save_predictions: Optional[Path] = typer.Option(
+                 None, help="Also write the predictions here in the benchmark's format (nuScenes lidarseg .bin + "
+                            "submission.json, or SemanticKITTI .label); a split without labels is then allowed."),
              quiet: bool = QUIET) -> None:
     """Per-class IoU and mIoU of a checkpoint (zero-shot for a distilled one, through its head for a finetuned
     one), or of the teacher itself with --teacher FEATURES."""
@@ -199,7 +229,7 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
         result = evaluate_teacher(teacher, dataroot, version, split, quiet)
         path = out or Path(teacher) / f"teacher_zero_shot_{split}.json"
     else:
-        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet)
+        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions)
         path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
     _print_evaluation(result)
     write_result(path, result)
@@ -217,7 +247,8 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
              lovasz: bool = typer.Option(False, "--lovasz", help="Add the Lovasz-softmax loss."),
              dataroot: Optional[Path] = typer.Option(None, help="Dataset to finetune on (default: the checkpoint's); "
                                                              "e.g. a 64-beam town for out-of-distribution."),
-             version: Optional[str] = typer.Option(None), epochs: Optional[int] = typer.Option(None),
+             version: Optional[str] = typer.Option(None), dataset: Optional[str] = DATASET,
+             epochs: Optional[int] = typer.Option(None),
              batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
              workers: Optional[int] = typer.Option(None), device: str = typer.Option("cpu"),
              resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."), quiet: bool = QUIET) -> None:
@@ -229,10 +260,10 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
                                                "seed": seed, "workers": workers,
                                                "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
                                                "lovasz": lovasz or None})
-    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet)
+    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet, dataset)
     if "evaluation" in result:
         stdout.print(f"{result['mode']} on {result['train_scenes']} scenes ({result['train_samples']} samples, "
-                     f"fraction {cfg.fraction})")
+                     f"fraction {cfg.fraction}, {result['dataset']})")
         _print_evaluation(result["evaluation"])
         stdout.print(f"result: {Path(out) / 'finetune.json'}")
 

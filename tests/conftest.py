@@ -54,3 +54,13 @@ def tiny_distill_config(**overrides):
                 block_size=None, workers=0, augment=True)
     base.update(overrides)
     return DistillConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def distilled_checkpoint(town, store_dir, tmp_path_factory):
+    """A student distilled for one epoch on the test town (the start of finetuning and zero-shot tests)."""
+    from relational_distill.engine.distill import distill
+
+    out = tmp_path_factory.mktemp("distilled-session")
+    distill(town, store_dir, out, tiny_distill_config(loss="similarity", epochs=1), quiet=True)
+    return out / "checkpoint.pt"

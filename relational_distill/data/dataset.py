@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..teachers.store import FeatureStore, sample_at_pixels
-from .nuscenes import DatasetIndex, camera_list, read_labels, read_lidar
+from .nuscenes import DatasetIndex, camera_list
 from .projection import pair_points
 
 
@@ -28,16 +28,15 @@ def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = 
                 superpixel_segments: int | None = None) -> dict:
     """One sample as tensors.
 
-    Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity, ring),
-    ``labels`` (N,) int64 16-class labels (0 = ignore or unlabelled), ``pair_point`` (M,) int64 index of the
-    paired point, and with a store ``pair_teacher`` (M, D) float32 L2-normalised teacher features. With
+    Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity 0-255, ring;
+    SemanticKITTI: (N, 4), no ring), ``labels`` (N,) int64 evaluation classes (0 = ignore or unlabelled),
+    ``pair_point`` (M,) int64 index of the paired point, and with a store ``pair_teacher`` (M, D) float32 L2-normalised teacher features. With
     ``max_pairs``, at most that many pairs, drawn with ``rng``. With ``superpixel_segments``, ``pair_segment``
     (M,) gives each pair's SLIC superpixel, unique within the sample (camera x segment).
     """
-    points = read_lidar(index.dataroot, sample["lidar"])
-    if sample.get("lidarseg"):
-        labels = read_labels(index.dataroot, sample["lidarseg"], len(points), index.fine_to_coarse)
-    else:
+    points = index.read_points(sample)
+    labels = index.read_labels(sample, len(points))
+    if labels is None:
         labels = np.zeros(len(points), np.int64)
     out = {"token": sample["token"], "points": torch.from_numpy(points.copy()), "labels": torch.from_numpy(labels)}
     if store is None:

@@ -19,7 +19,7 @@ from ..errors import UserError
 from .geometry import invert_transform, make_transform
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 _OFFICIAL_SPLITS = {"v1.0-trainval": ("train", "val"), "v1.0-mini": ("mini_train", "mini_val"),
                     "v1.0-test": ("test", None)}
 
@@ -30,6 +30,9 @@ def check_dataroot(dataroot: Path, version: str) -> None:
     if not dataroot.is_dir():
         raise UserError(f"{dataroot}: no such folder; pass the nuScenes dataroot (the folder that holds "
                         f"'{version}/', 'samples/' and 'lidarseg/'), or make one with 'rdistill make-sim {dataroot}'")
+    if not (dataroot / version).is_dir() and (dataroot / "sequences").is_dir():
+        raise UserError(f"{dataroot}: a SemanticKITTI dataroot; this command needs nuScenes-format data "
+                        f"(finetune, evaluate and inspect take either)")
     if not (dataroot / version).is_dir():
         found = sorted(p.name for p in dataroot.iterdir() if p.is_dir() and (p / "sample.json").exists())
         hint = f"versions found there: {', '.join(found)}" if found else "no nuScenes table folder found there"
@@ -71,8 +74,10 @@ def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
         from nuscenes.utils.splits import create_splits_scenes
 
         official = create_splits_scenes()
+        if version == "v1.0-test":  # no labels: predictions only (docs/datasets.md)
+            return {"train": [], "val": [], "test": official["test"]}
         train, val = _OFFICIAL_SPLITS[version]
-        return {"train": official[train], "val": official[val] if val else []}
+        return {"train": official[train], "val": official[val]}
     path = Path(dataroot) / "splits.json"
     if not path.exists():
         raise UserError(f"{path}: missing; a dataset of version '{version}' needs a splits.json "
@@ -84,17 +89,52 @@ def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
         raise UserError(f"{path}: not a valid splits file ({err}); it needs 'train' and 'val' lists") from None
 
 
+def eval_set_name(version: str, split: str) -> str:
+    """The devkit's name of rdistill's ``split`` (``val`` of v1.0-mini is the devkit's ``mini_val``), as its
+    lidarseg evaluation and submission folders use it."""
+    if version == "v1.0-mini":
+        return {"train": "mini_train", "val": "mini_val"}.get(split, split)
+    return split
+
+
 @dataclass
 class DatasetIndex:
-    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`."""
+    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`.
+
+    Engines read points and labels only through :meth:`read_points` and :meth:`read_labels`, so the
+    SemanticKITTI index (data/semantickitti.py) can stand in for this one (docs/datasets.md).
+    """
 
     dataroot: str
     version: str
     fine_to_coarse: list[int]       # 32 -> 16 class map from the devkit (0 = ignore)
     samples: list[dict]
 
+    dataset = "nuscenes"
+    class_names = CLASS_NAMES       # evaluation class i + 1 (0 = ignore)
+    notes: tuple[str, ...] = ()     # nothing to report about the folder
+
     def split(self, name: str) -> list[dict]:
         return [s for s in self.samples if s["split"] == name]
+
+    def read_points(self, sample: dict) -> np.ndarray:
+        """(N, 5) float32 points of the sample (x, y, z metres, intensity 0-255, ring)."""
+        return read_lidar(self.dataroot, sample["lidar"])
+
+    def has_labels(self, sample: dict) -> bool:
+        return bool(sample.get("lidarseg"))
+
+    def read_labels(self, sample: dict, num_points: int) -> np.ndarray | None:
+        """(N,) int64 evaluation classes 0..16 (0 = ignore), or None for a sample without lidarseg labels."""
+        if not self.has_labels(sample):
+            return None
+        return read_labels(self.dataroot, sample["lidarseg"], num_points, self.fine_to_coarse)
+
+    def require_labels(self, samples: list[dict], use: str) -> None:
+        """Raise a one-line :class:`UserError` if a sample has no labels; ``use`` says what they are for."""
+        if any(not self.has_labels(s) for s in samples):
+            raise UserError(f"{self.dataroot} ({self.version}): no lidarseg labels for {use}; install "
+                            f"nuScenes-lidarseg for this version, or use a split that has them")
 
     def to_json(self) -> dict:
         return {"format": INDEX_FORMAT, "dataroot": self.dataroot, "version": self.version,
@@ -123,7 +163,7 @@ def build_index(dataroot: Path, version: str) -> DatasetIndex:
         lidar_token = sample["data"]["LIDAR_TOP"]
         lidar = nusc.get("sample_data", lidar_token)
         record = {"token": sample["token"], "scene": scene["name"], "split": split_of.get(scene["name"]),
-                  "timestamp": sample["timestamp"], "lidar": lidar["filename"],
+                  "timestamp": sample["timestamp"], "lidar": lidar["filename"], "lidar_token": lidar_token,
                   "lidarseg": nusc.get("lidarseg", lidar_token)["filename"] if has_labels else None,
                   "cameras": {}}
         for cam in CAMERAS:
@@ -201,7 +241,9 @@ def read_labels(dataroot: str | Path, relpath: str, num_points: int, fine_to_coa
 
 
 def camera_list(sample: dict) -> list[dict]:
-    """The sample's cameras as arrays, in :data:`CAMERAS` order (what :func:`pair_points` takes)."""
+    """The sample's cameras as arrays, in :data:`CAMERAS` order, then any other camera (SemanticKITTI's
+    ``image_2``); what :func:`pair_points` takes."""
+    names = [n for n in CAMERAS if n in sample["cameras"]] + [n for n in sample["cameras"] if n not in CAMERAS]
     return [{"name": name, "lidar_to_camera": np.asarray(c["lidar_to_camera"]), "intrinsic": np.asarray(c["intrinsic"]),
              "image_size": tuple(c["image_size"]), "image": c["image"]}
-            for name, c in ((n, sample["cameras"][n]) for n in CAMERAS if n in sample["cameras"])]
+            for name, c in ((n, sample["cameras"][n]) for n in names)]

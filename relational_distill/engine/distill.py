@@ -154,6 +154,6 @@ class ValMonitor:
         k = torch.cat([F.normalize(point_outputs(model, it["points"].to(self.device)), dim=1)[it["pair_point"]].cpu()
                        for it in self.items])[self.pick]
         model.train(was_training)
-        return {"val_zero_shot_miou": segmentation_result(conf)["miou"], "uniformity": uniformity(k, block_size=4096),
+        return {"val_zero_shot_miou": segmentation_result(conf, self.index)["miou"], "uniformity": uniformity(k, block_size=4096),
                 "tolerance": tolerance(k, self.y), "modality_gap": modality_gap(k, self.q)}
 

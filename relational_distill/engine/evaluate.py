@@ -1,7 +1,9 @@
 """``rdistill evaluate``: per-point predictions on a split and the per-class IoU table.
 
 A distilled checkpoint is evaluated zero-shot (argmax of cosine similarity between a point's feature and the
-16 CLIP text embeddings stored with the teacher features); a finetuned one through its segmentation head.
+16 CLIP text embeddings stored with the teacher features); a finetuned one through its segmentation head, on
+the dataset it was finetuned for (nuScenes or SemanticKITTI, each with its own mIoU convention). With
+``save_predictions`` the predictions are also written in the benchmark's own format (engine/predictions.py).
 """
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..data.dataset import load_sample
-from ..data.nuscenes import DatasetIndex, load_index
+from ..data.datasets import open_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
-from ..metrics.segmentation import confusion_matrix, miou
+from ..metrics.segmentation import confusion_matrix, miou, miou_semantickitti
 from ..progress import progress_bar
 from ..teachers.store import FeatureStore
+from .predictions import PredictionWriter
 from .training import load_checkpoint, resolve_device
+
+# How each benchmark averages classes absent from both prediction and ground truth (docs/datasets.md).
+ABSENT_RULE = {"nuscenes": "left out of the mean (absent from both prediction and ground truth)",
+               "semantickitti": "counted as 0 in the mean, the SemanticKITTI convention (absent from both "
+                                "prediction and ground truth)"}
 
 
 def load_student(checkpoint: Path, device: str):
@@ -41,38 +48,16 @@ def point_outputs(model, points: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model, meta: dict, points: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-    """(N,) predicted 16-class labels in 1..16 for one point cloud."""
+    """(N,) predicted classes in 1..C for one point cloud (C = 16 zero-shot)."""
     out = point_outputs(model, points)
     if meta["kind"] == "distill":
         return (F.normalize(out, dim=1) @ text.T).argmax(1) + 1
     return out.argmax(1) + 1
 
 
-def segmentation_result(conf: torch.Tensor) -> dict:
-    """mIoU, per-class IoU (None for a class absent from prediction and ground truth) and the confusion matrix."""
-    iou, mean = miou(conf)
-    absent = [CLASS_NAMES[i - 1] for i in range(1, NUM_CLASSES) if math.isnan(iou[i])]
-    return {"miou": mean,
-            "per_class_iou": {n: (None if math.isnan(iou[i + 1]) else float(iou[i + 1])) for i, n in enumerate(CLASS_NAMES)},
-            "absent_classes": absent, "confusion": conf.tolist()}
-
-
-@torch.no_grad()
-def segmentation_confusion(model, meta: dict, index: DatasetIndex, samples: list[dict], text: torch.Tensor | None,
-                           device: str, quiet: bool = True, label: str = "evaluate") -> torch.Tensor:
-    """(17, 17) point-level confusion matrix of the student's predictions over ``samples`` (every point)."""
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
-    with progress_bar(label, len(samples), quiet, unit="samples") as bar:
-        for sample in samples:
-            item = load_sample(index, sample)
-            pred = predict(model, meta, item["points"].to(device), text).cpu()
-            conf += confusion_matrix(pred, item["labels"])
-            bar.advance()
-    return conf
-
-
 def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = None, version: str | None = None,
-             split: str = "val", device: str = "cpu", quiet: bool = False) -> dict:
+             split: str = "val", device: str = "cpu", quiet: bool = False, dataset: str | None = None,
+             save_predictions: Path | None = None) -> dict:
     device = resolve_device(device)
     model, meta = load_student(checkpoint, device)
     if meta["kind"] == "distill" and not zero_shot:
@@ -80,34 +65,84 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
                         f"finetune it first with 'rdistill finetune {checkpoint}'")
     if meta["kind"] != "distill" and zero_shot:
         raise UserError(f"{checkpoint}: --zero-shot needs a distilled checkpoint (this one is '{meta['kind']}')")
+    index = open_index(dataroot or meta["dataroot"], version or meta["version"], dataset)
+    classes_of = "nuscenes" if zero_shot else meta.get("dataset", "nuscenes")
+    if index.dataset != classes_of:
+        raise UserError(f"{checkpoint}: predicts the classes of {classes_of}, but {index.dataroot} is {index.dataset}; "
+                        f"finetune it there first with 'rdistill finetune CHECKPOINT --dataroot {index.dataroot}'")
+    samples = index.split(split)
+    if not samples:
+        raise UserError(f"{index.dataroot}: no samples in split '{split}'")
+    scored = all(index.has_labels(s) for s in samples)
+    if save_predictions is None:
+        index.require_labels(samples, f"scoring split '{split}' (pass --save-predictions DIR to write predictions "
+                                      f"for the benchmark's server instead)")
     text = None
     if zero_shot:
         store = FeatureStore.open(meta["features"], teacher=meta["teacher_id"])
         _, text = store.text_embeddings()
         text = text.to(device)
-    index = load_index(dataroot or meta["dataroot"], version or meta["version"])
-    samples = index.split(split)
-    if not samples:
-        raise UserError(f"{index.dataroot}: no samples in split '{split}'")
-    conf = segmentation_confusion(model, meta, index, samples, text, device, quiet, f"evaluate ({split})")
-    return {"checkpoint": str(checkpoint), "mode": "zero-shot" if zero_shot else "head", "split": split,
-            "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf),
-            "synthetic": is_synthetic_town(index.dataroot)}
+    writer = PredictionWriter(index, split, save_predictions, meta) if save_predictions is not None else None
+    try:
+        conf = segmentation_confusion(model, meta, index, samples, text, device, quiet, f"evaluate ({split})",
+                                      writer.add if writer else None)
+        written = writer.commit() if writer else None
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    result = {"checkpoint": str(checkpoint), "mode": "zero-shot" if zero_shot else "head", "split": split,
+              "dataset": index.dataset, "dataroot": index.dataroot, "samples": len(samples),
+              "class_names": list(index.class_names), "miou_convention": ABSENT_RULE[index.dataset],
+              "predictions": written, "notes": list(index.notes), "synthetic": is_synthetic_town(index.dataroot)}
+    if not scored:  # a split without labels (test): predictions only
+        return {**result, "miou": None, "per_class_iou": None, "absent_classes": None, "confusion": None}
+    return {**result, **segmentation_result(conf, index)}
 
 
-def teacher_confusion(index: DatasetIndex, samples: list[dict], store: FeatureStore, quiet: bool = True) -> torch.Tensor:
+def segmentation_result(conf: torch.Tensor, index) -> dict:
+    """mIoU by the dataset's convention, per-class IoU (None for a class absent from prediction and ground truth
+    where that convention leaves it out), the absent classes and the confusion matrix."""
+    iou, mean = (miou_semantickitti if index.dataset == "semantickitti" else miou)(conf)
+    union = conf.sum(0) + conf.sum(1) - conf.diagonal()
+    absent = [name for i, name in enumerate(index.class_names, 1) if union[i] == 0]
+    return {"miou": mean, "absent_classes": absent, "confusion": conf.tolist(),
+            "per_class_iou": {n: (None if math.isnan(iou[i]) else float(iou[i]))
+                              for i, n in enumerate(index.class_names, 1)}}
+
+
+@torch.no_grad()
+def segmentation_confusion(model, meta: dict, index, samples: list[dict], text: torch.Tensor | None, device: str,
+                           quiet: bool = True, label: str = "evaluate", on_prediction=None) -> torch.Tensor:
+    """(C+1, C+1) point-level confusion matrix of the student's predictions over ``samples`` (every point; zero
+    where a sample has no labels). ``on_prediction(sample, labels (N,) numpy)`` sees each sample's prediction."""
+    num_classes = len(index.class_names) + 1
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    with progress_bar(label, len(samples), quiet, unit="samples") as bar:
+        for sample in samples:
+            item = load_sample(index, sample)
+            pred = predict(model, meta, item["points"].to(device), text).cpu()
+            conf += confusion_matrix(pred, item["labels"], num_classes)
+            if on_prediction:
+                on_prediction(sample, pred.numpy())
+            bar.advance()
+    return conf
+
+
+def teacher_confusion(index, samples: list[dict], store: FeatureStore, quiet: bool = True) -> torch.Tensor:
     """(17, 17) confusion matrix of the teacher's own zero-shot labels at the lidar-paired pixels of ``samples``.
 
     Each lidar-pixel pair votes once (a point seen by two cameras votes twice): the argmax of the pixel's feature
     against the text embeddings, scored with the point's lidar label (docs/convergence.md, "the teacher ceiling").
     """
     _, text = store.text_embeddings()
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    num_classes = len(index.class_names) + 1
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with progress_bar("teacher zero-shot", len(samples), quiet, unit="samples") as bar:
         for sample in samples:
             item = load_sample(index, sample, store)
             pred = (item["pair_teacher"] @ text.T).argmax(1) + 1
-            conf += confusion_matrix(pred, item["labels"][item["pair_point"]])
+            conf += confusion_matrix(pred, item["labels"][item["pair_point"]], num_classes)
             bar.advance()
     return conf
 
@@ -116,11 +151,12 @@ def evaluate_teacher(features: Path, dataroot: Path | None = None, version: str 
                      quiet: bool = False) -> dict:
     """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split``."""
     store = FeatureStore.open(features)
-    index = load_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version)
+    index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
     samples = index.split(split)
     if not samples:
         raise UserError(f"{index.dataroot}: no samples in split '{split}'")
+    index.require_labels(samples, f"scoring the teacher on split '{split}'")
     conf = teacher_confusion(index, samples, store, quiet)
     return {"features": str(features), "teacher": store.manifest.teacher_id, "mode": "teacher zero-shot",
-            "split": split, "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf),
+            "split": split, "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf, index),
             "synthetic": is_synthetic_town(index.dataroot)}

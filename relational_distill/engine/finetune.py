@@ -1,5 +1,6 @@
 """``rdistill finetune``: few-shot semantic segmentation from a distilled backbone (or from scratch), and the
-linear probe (frozen backbone). SPEC 7: keep every k-th training scene (k = round(1 / fraction))."""
+linear probe (frozen backbone). SPEC 7: keep every k-th training scene (k = round(1 / fraction)); on
+SemanticKITTI every k-th frame (data/semantickitti.py), with a head for its 19 classes."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -8,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..classes import CLASS_NAMES
 from ..data.dataset import PointCloudDataset
-from ..data.nuscenes import load_index
+from ..data.datasets import open_index
+from ..data.semantickitti import few_shot_frames
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
@@ -73,7 +74,8 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: Path | None = None,
-             version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False) -> dict:
+             version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
+             dataset: str | None = None) -> dict:
     cfg.check()
     device = resolve_device(device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -89,14 +91,19 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
         raise UserError("--dataroot is required with --from-scratch")
     dataroot = Path(dataroot or source_meta["dataroot"])
     version = version or source_meta.get("version", "v1.0-sim")
-    index = load_index(dataroot, version)
-    train_samples = few_shot_scenes(index.split("train"), cfg.fraction)
+    index = open_index(dataroot, version, dataset)
+    if index.dataset == "semantickitti":
+        train_samples = few_shot_frames(index.split("train"), cfg.fraction)
+    else:
+        train_samples = few_shot_scenes(index.split("train"), cfg.fraction)
     if not train_samples:
         raise UserError(f"{index.dataroot}: no training samples; check the dataset's splits")
+    index.require_labels(train_samples, "training")
+    num_classes = len(index.class_names)
     preset = source_meta.get("preset", cfg.preset) if not cfg.from_scratch else cfg.preset
     voxel = VoxelConfig(**source_meta["voxel"]) if source_meta else VoxelConfig()
     torch.manual_seed(cfg.seed)
-    model = Student(len(CLASS_NAMES), preset, voxel, device_type)
+    model = Student(num_classes, preset, voxel, device_type)
     if not cfg.from_scratch:
         backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
         model.backbone.load_state_dict(backbone)
@@ -107,17 +114,17 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     else:
         groups = [{"params": model.backbone.parameters(), "lr": cfg.lr_backbone},
                   {"params": model.head.parameters(), "lr": cfg.lr_head}]
-    meta = {"kind": "linear_probe" if cfg.linear_probe else "finetune", "out_dim": len(CLASS_NAMES), "preset": preset,
-            "voxel": asdict(voxel), "dataroot": index.dataroot, "version": version,
+    meta = {"kind": "linear_probe" if cfg.linear_probe else "finetune", "out_dim": num_classes, "preset": preset,
+            "voxel": asdict(voxel), "dataroot": index.dataroot, "version": index.version, "dataset": index.dataset,
             "source_checkpoint": str(checkpoint) if checkpoint else None, "config": asdict(cfg),
             "teacher_id": source_meta.get("teacher_id", "none")}
-    dataset = PointCloudDataset(index, train_samples, None, augment=cfg.augment, seed=cfg.seed)
+    train_data = PointCloudDataset(index, train_samples, None, augment=cfg.augment, seed=cfg.seed)
 
     def step(model, batch, step_no):
         if cfg.linear_probe:
             model.train(False)  # frozen backbone: BatchNorm statistics stay those of the distilled backbone
         logits = model(batch["points"].to(device), batch["batch"].to(device)).float()
-        target = batch["labels"].to(device) - 1  # 16 classes; ignore (0) becomes -1
+        target = batch["labels"].to(device) - 1  # classes 1..C -> 0..C-1; ignore (0) becomes -1
         loss = F.cross_entropy(logits, target, ignore_index=-1)
         if cfg.lovasz:
             keep = target >= 0
@@ -127,10 +134,12 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, quiet=quiet)
-    result = train(loop, model, groups, cfg.weight_decay, dataset, step, meta)
+    result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta)
     result.update({"train_samples": len(train_samples), "train_scenes": len({s["scene"] for s in train_samples}),
                    "fraction": cfg.fraction, "mode": meta["kind"], "from_scratch": cfg.from_scratch,
-                   "config": asdict(cfg)})
+                   "dataset": index.dataset, "notes": list(index.notes), "config": asdict(cfg)})
+    if index.dataset == "semantickitti":
+        result["train_frames"] = [s["token"] for s in train_samples]
     if init_distributed(device).main:
         result["evaluation"] = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)
         write_result(Path(out) / "finetune.json", result)

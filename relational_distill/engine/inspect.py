@@ -5,38 +5,41 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASS_NAMES
-from ..data.nuscenes import CAMERAS, camera_list, load_index, read_labels, read_lidar
+from ..data.datasets import open_index
+from ..data.nuscenes import camera_list
 from ..data.projection import pair_points
 from ..progress import progress_bar
 
 
-def inspect_dataset(dataroot: Path, version: str, min_depth: float = 1.0, quiet: bool = False) -> dict:
-    index = load_index(dataroot, version)
-    class_points = np.zeros(len(CLASS_NAMES) + 1, np.int64)
-    pairs_per_camera = dict.fromkeys(CAMERAS, 0)
+def inspect_dataset(dataroot: Path, version: str, min_depth: float = 1.0, quiet: bool = False,
+                    dataset: str | None = None) -> dict:
+    """Counts for a nuScenes or SemanticKITTI dataroot (scenes are SemanticKITTI's sequences)."""
+    index = open_index(dataroot, version, dataset)
+    class_points = np.zeros(len(index.class_names) + 1, np.int64)
+    pairs_per_camera: dict[str, int] = {}
     total_points = paired_points = 0
     with progress_bar("inspect", len(index.samples), quiet, unit="samples") as bar:
         for sample in index.samples:
-            points = read_lidar(index.dataroot, sample["lidar"])
+            points = index.read_points(sample)
             total_points += len(points)
-            if sample["lidarseg"]:
-                labels = read_labels(index.dataroot, sample["lidarseg"], len(points), index.fine_to_coarse)
+            labels = index.read_labels(sample, len(points))
+            if labels is not None:
                 class_points += np.bincount(labels, minlength=len(class_points))
             cams = camera_list(sample)
             point_idx, cam_idx, _ = pair_points(points[:, :3], cams, min_depth)
             for c, cam in enumerate(cams):
-                pairs_per_camera[cam["name"]] += int((cam_idx == c).sum())
+                pairs_per_camera[cam["name"]] = pairs_per_camera.get(cam["name"], 0) + int((cam_idx == c).sum())
             paired_points += len(np.unique(point_idx))
             bar.advance()
     scenes = sorted({s["scene"] for s in index.samples})
+    splits = sorted({s["split"] for s in index.samples if s["split"]} | {"train", "val"})
     return {
-        "dataroot": index.dataroot, "version": version, "scenes": len(scenes),
+        "dataroot": index.dataroot, "dataset": index.dataset, "version": index.version, "scenes": len(scenes),
         "samples": len(index.samples),
-        "samples_per_split": {k: sum(s["split"] == k for s in index.samples) for k in ("train", "val")},
+        "samples_per_split": {k: sum(s["split"] == k for s in index.samples) for k in splits},
         "points": total_points, "paired_points": paired_points,
         "paired_fraction": paired_points / max(total_points, 1),
         "points_per_class": {"ignore": int(class_points[0]),
-                             **{n: int(c) for n, c in zip(CLASS_NAMES, class_points[1:])}},
-        "pairs_per_camera": pairs_per_camera,
+                             **{n: int(c) for n, c in zip(index.class_names, class_points[1:])}},
+        "pairs_per_camera": pairs_per_camera, "notes": list(index.notes),
     }

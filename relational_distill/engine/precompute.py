@@ -198,11 +198,11 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
 def teacher_ceiling(index: DatasetIndex, store: FeatureStore, quiet: bool = False, split: str = "val") -> dict:
     """``teacher_zero_shot_miou``: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (what a
     student is measured against), with its per-class IoU; None with a reason when the split has no labels."""
-    samples = [s for s in index.split(split) if s.get("lidarseg")]
+    samples = [s for s in index.split(split) if index.has_labels(s)]
     if not samples:
         return {"teacher_zero_shot_miou": None,
                 "teacher_zero_shot_note": f"no labelled samples in split '{split}'"}
-    res = segmentation_result(teacher_confusion(index, samples, store, quiet))
+    res = segmentation_result(teacher_confusion(index, samples, store, quiet), index)
     return {"teacher_zero_shot_miou": res["miou"], "teacher_zero_shot_split": split,
             "teacher_zero_shot_per_class_iou": res["per_class_iou"]}
 

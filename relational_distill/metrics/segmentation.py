@@ -1,4 +1,8 @@
-"""Point-level confusion matrix and IoU over the 16 classes; label 0 is ignored. Pure tensor math."""
+"""Point-level confusion matrix and IoU; label 0 is ignored. Pure tensor math.
+
+Two conventions for classes absent from both prediction and ground truth (docs/datasets.md): nuScenes-lidarseg
+leaves them out of the mean (:func:`miou`), SemanticKITTI counts them as 0 (:func:`miou_semantickitti`).
+"""
 from __future__ import annotations
 
 import torch
@@ -30,3 +34,18 @@ def miou(confusion: torch.Tensor, ignore_index: int | None = 0) -> tuple[torch.T
         iou[ignore_index] = float("nan")
     present = ~torch.isnan(iou)
     return iou, float(iou[present].mean()) if present.any() else float("nan")
+
+
+def miou_semantickitti(confusion: torch.Tensor, ignore_index: int = 0) -> tuple[torch.Tensor, float]:
+    """SemanticKITTI's convention: per-class IoU = TP / (TP + FP + FN), 0 for a class absent from both prediction
+    and ground truth, and the mean over every class but ``ignore_index`` (19 for SemanticKITTI).
+
+    ``confusion`` (C, C), rows = ground truth, columns = prediction, as :func:`confusion_matrix` makes it. The
+    returned per-class tensor has NaN at ``ignore_index`` only.
+    """
+    conf = confusion.double()
+    inter = conf.diagonal()
+    union = conf.sum(0) + conf.sum(1) - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+    iou[ignore_index] = float("nan")
+    return iou, float(iou[~torch.isnan(iou)].mean())

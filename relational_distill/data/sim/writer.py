@@ -21,7 +21,7 @@ from PIL import Image
 
 from ...classes import fine_category_names
 from ..geometry import euler_to_matrix, make_transform, matrix_to_quaternion
-from .layout import ANNOTATED, PROFILES, generate_scene
+from .layout import ANNOTATED, PROFILES, SceneLayout, generate_scene
 from ..nuscenes import CAMERAS
 from .sensors import (LIDARS, camera_calibration, camera_time_offset_us, lidar_calibration,
                       render_camera, scan_lidar)
@@ -73,16 +73,17 @@ def _pose_record(token: str, timestamp: int, transform: np.ndarray) -> dict:
             "translation": transform[:3, 3].tolist()}
 
 
-def _ego_to_local(x: float, lane_y: float) -> np.ndarray:
+def ego_to_local(x: float, lane_y: float) -> np.ndarray:
     """Ego pose on a gently weaving path along the road at arc position ``x`` (scene-local frame)."""
     y = lane_y + 0.3 * np.sin(0.25 * x)
     yaw = np.arctan(0.3 * 0.25 * np.cos(0.25 * x))
     return make_transform((x, y, 0.0), euler_to_matrix(yaw, 0.004 * np.sin(0.7 * x), 0.0))
 
 
-def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[dict]]:
-    """Render one scene into ``root`` and return its table records."""
-    seed = (cfg.seed, scene_idx, cfg.lidar)
+def scene_drive(cfg: SimConfig, scene_idx: int) -> tuple[np.random.Generator, float, SceneLayout, np.ndarray]:
+    """One scene's street and drive, the same in both output formats: the scene's random generator (for the
+    sensors, after the layout's draws), the ego speed (m/s), the layout and the (4, 4) scene-local -> global
+    transform."""
     rng = np.random.default_rng([cfg.seed, scene_idx, 0 if cfg.lidar == "hdl32" else 1])
     speed = rng.uniform(5.0, 9.0)
     travel = speed * (cfg.samples_per_scene - 1) * SAMPLE_PERIOD_US / 1e6
@@ -90,6 +91,13 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
     heading = rng.uniform(-np.pi, np.pi)
     local_to_global = make_transform((600.0 * scene_idx + 300.0, 200.0 + 37.0 * scene_idx, 0.0),
                                      euler_to_matrix(heading))
+    return rng, speed, layout, local_to_global
+
+
+def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[dict]]:
+    """Render one scene into ``root`` and return its table records."""
+    seed = (cfg.seed, scene_idx, cfg.lidar)
+    rng, speed, layout, local_to_global = scene_drive(cfg, scene_idx)
     lidar_model = LIDARS[cfg.lidar]
     scene_name = f"scene-{cfg.lidar}-{scene_idx:04d}"
     log_token, scene_token = _token(seed, "log"), _token(seed, "scene")
@@ -120,14 +128,14 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
         tables["sample"].append({"token": sample_token, "timestamp": t_lidar, "scene_token": scene_token,
                                  "prev": sample_tokens[k - 1] if k > 0 else "",
                                  "next": sample_tokens[k + 1] if k + 1 < len(sample_tokens) else ""})
-        ego_lidar = _ego_to_local(x_start + speed * (t_lidar - t0) / 1e6, layout.ego_lane_y)
+        ego_lidar = ego_to_local(x_start + speed * (t_lidar - t0) / 1e6, layout.ego_lane_y)
         points, category, instance = scan_lidar(layout, lidar_model, ego_lidar @ lidar_cs, rng)
         base = f"n000-sim-{cfg.lidar}-{scene_idx:04d}"
         files = {"LIDAR_TOP": (f"samples/LIDAR_TOP/{base}__LIDAR_TOP__{t_lidar}.pcd.bin", t_lidar, ego_lidar)}
         _write_bytes(root / files["LIDAR_TOP"][0], points.tobytes())
         for cam in CAMERAS:
             t_cam = t_lidar + camera_time_offset_us(cam)
-            ego_cam = _ego_to_local(x_start + speed * (t_cam - t0) / 1e6, layout.ego_lane_y)
+            ego_cam = ego_to_local(x_start + speed * (t_cam - t0) / 1e6, layout.ego_lane_y)
             rgb, cat_map, inst_map = render_camera(layout, ego_cam @ calib[cam][1], np.array(calib[cam][2]),
                                                    cfg.image_size, rng)
             name = f"samples/{cam}/{base}__{cam}__{t_cam}.jpg"
