@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES, NUM_CLASSES
 from ..data.dataset import load_sample
 from ..data.nuscenes import load_index
+from ..data.splits import require_labels
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.segmentation import confusion_matrix, miou
@@ -62,6 +63,7 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
         store = FeatureStore.open(meta["features"], teacher=meta["teacher_id"])
         _, text = store.text_embeddings()
         text = text.to(device)
+    require_labels(version or meta["version"], "evaluate")
     index = load_index(dataroot or meta["dataroot"], version or meta["version"])
     samples = index.split(split)
     if not samples:

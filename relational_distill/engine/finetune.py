@@ -1,5 +1,5 @@
 """``rdistill finetune``: few-shot semantic segmentation from a distilled backbone (or from scratch), and the
-linear probe (frozen backbone). SPEC 7: keep every k-th training scene (k = round(1 / fraction))."""
+linear probe (frozen backbone). The few-shot scenes follow SLidR's rule (docs/splits.md)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..classes import CLASS_NAMES
 from ..data.dataset import PointCloudDataset
 from ..data.nuscenes import load_index
+from ..data.splits import few_shot_selection, require_labels
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
@@ -47,14 +48,6 @@ class FinetuneConfig:
             raise UserError(f"preset '{self.preset}': choose one of {', '.join(PRESETS)}")
 
 
-def few_shot_scenes(samples: list[dict], fraction: float) -> list[dict]:
-    """Samples of every k-th training scene, k = round(1 / fraction), in scene-name order (at least one scene)."""
-    scenes = sorted({s["scene"] for s in samples})
-    step = max(1, round(1 / fraction))
-    keep = set(scenes[::step])
-    return [s for s in samples if s["scene"] in keep]
-
-
 def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Lovasz-softmax loss (Berman et al., 2018) over classes present in ``labels``; probs (N, C), labels (N,)."""
     losses = []
@@ -89,8 +82,11 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
         raise UserError("--dataroot is required with --from-scratch")
     dataroot = Path(dataroot or source_meta["dataroot"])
     version = version or source_meta.get("version", "v1.0-sim")
+    require_labels(version, "finetune")
     index = load_index(dataroot, version)
-    train_samples = few_shot_scenes(index.split("train"), cfg.fraction)
+    train_split = index.split("train")
+    scenes, rule = few_shot_selection(index.scenes, {s["scene"] for s in train_split}, cfg.fraction)
+    train_samples = [s for s in train_split if s["scene"] in set(scenes)]
     if not train_samples:
         raise UserError(f"{index.dataroot}: no training samples; check the dataset's splits")
     preset = source_meta.get("preset", cfg.preset) if not cfg.from_scratch else cfg.preset
@@ -128,7 +124,7 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, quiet=quiet)
     result = train(loop, model, groups, cfg.weight_decay, dataset, step, meta)
-    result.update({"train_samples": len(train_samples), "train_scenes": len({s["scene"] for s in train_samples}),
+    result.update({"train_samples": len(train_samples), "train_scenes": scenes, "few_shot_rule": rule,
                    "fraction": cfg.fraction, "mode": meta["kind"], "from_scratch": cfg.from_scratch,
                    "config": asdict(cfg)})
     if init_distributed(device).main:
