@@ -228,3 +228,37 @@ def test_openclip_features_of_a_1600x900_camera_at_416x224(tmp_path, tiny_tags):
     for m, p in enumerate(item["pair_point"].tolist()):
         r, c = cells[p]
         torch.testing.assert_close(item["pair_teacher"][m], want[:, r, c], atol=3e-3, rtol=0)
+
+
+def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, index):
+    """precompute --superpixels: one SLIC map per camera image, equal to skimage's SLIC on that image; a rerun
+    redoes only missing or truncated files; a store of another segment count or version is refused."""
+    from PIL import Image
+    from skimage.segmentation import slic
+
+    from relational_distill.data.superpixels import SuperpixelStore
+
+    out = tmp_path / "features"
+    result = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
+                                         summary_per_class=100, quiet=True))
+    assert result["superpixels"]["computed"] == len(index.samples)
+    store = SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-sim")
+    sample = index.samples[0]
+    cams = camera_list(sample)
+    maps = store.read(sample["token"])
+    assert len(maps) == len(cams)
+    image = np.asarray(Image.open(f"{index.dataroot}/{cams[2]['image']}").convert("RGB"))
+    np.testing.assert_array_equal(maps[2], slic(image, n_segments=20, compactness=10, start_label=0))
+    assert maps[2].shape == (IMAGE[1], IMAGE[0])
+    gone, cut = index.samples[1]["token"], index.samples[2]["token"]
+    store.path(gone).unlink()
+    store.path(cut).write_bytes(store.path(cut).read_bytes()[:100])
+    with pytest.raises(UserError, match="--superpixels 20"):
+        store.read(cut)
+    again = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
+                                        summary_per_class=100, quiet=True))
+    assert again["computed"] == 0 and again["superpixels"]["computed"] == 2
+    with pytest.raises(UserError, match="--superpixels 30"):
+        SuperpixelStore.open(SuperpixelStore.folder(out, 30), 30, "v1.0-sim")
+    with pytest.raises(UserError, match="not 20 for 'v1.0-trainval'"):
+        SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-trainval")

@@ -162,7 +162,9 @@ class FeatureStore:
                 pass
 
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        """Bytes of the store's own files (not of superpixels kept beside it)."""
+        files = [*self.root.glob("*"), *(self.root / "features").glob("*")]
+        return sum(p.stat().st_size for p in files if p.is_file())
 
 
 def _same_teacher(stored: str, requested: str) -> bool:
