@@ -127,6 +127,10 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                                   superpixels=superpixels, quiet=quiet))
     stdout.print(f"computed {result['computed']} samples, skipped {result['skipped']} already stored "
                  f"({result['seconds']:.1f} s)")
+    if "superpixels" in result:
+        sp = result["superpixels"]
+        stdout.print(f"superpixels ({sp['segments']} per image): computed {sp['computed']} samples, skipped "
+                     f"{sp['skipped']}, in {sp['store']}")
     if not result["complete"]:
         stdout.print(f"{result['missing']} samples still missing (other shards?); run again to finish")
         return

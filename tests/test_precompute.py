@@ -132,13 +132,19 @@ def test_resnet_teacher_makes_a_store_of_its_width(town, tmp_path, index):
     ("openclip:rdistill-tiny-rn", "192x112", "nearest valid sizes: 192x96, 192x128"),
     ("openclip:rdistill-tiny-rn", "200x100", "nearest valid sizes: 192x96, 224x96, 192x128, 224x128"),
 ])
-def test_input_size_off_the_patch_grid_is_refused(town, tmp_path, teacher, size, nearest):
+def test_input_size_off_the_patch_grid_is_refused(town, tmp_path, teacher, size, nearest, monkeypatch):
+    """Refused in one line, naming the nearest valid sizes, before any weights are read or any file written."""
     import open_clip
 
     from .test_maskclip import TINY, TINY_RN
 
     open_clip.add_model_config(TINY)
     open_clip.add_model_config(TINY_RN)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the image size was checked")
+
+    monkeypatch.setattr(open_clip, "create_model", no_weights)
     out = tmp_path / "features"
     result = runner.invoke(app, ["precompute", str(town), "--out", str(out), "--teacher", teacher,
                                  "--image-size", size, "-q"])

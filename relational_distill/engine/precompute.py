@@ -101,12 +101,16 @@ class OpenClipAdapter(_TeacherAdapter):
     """open_clip CLIP with MaskCLIP dense features; images are resized to the teacher input size with the filter,
     and normalised with the mean and std, of the weights' own preprocessing."""
 
-    def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str, activation: str = "auto") -> None:
-        from ..teachers.maskclip import load_openclip
+    def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str, activation: str = "auto",
+                 image_size: tuple[int, int] | None = None) -> None:
+        from ..teachers.maskclip import load_openclip, plan_openclip
 
+        self.teacher_id = spec
+        self.patch = plan_openclip(spec, activation).stride
+        if image_size is not None:  # refuse a bad input size before downloading or reading any weights
+            self.grid(image_size)
         self.clip = load_openclip(spec, device, activation)
         self.model, self.tokenizer, self.weights_hash = self.clip.model, self.clip.tokenizer, self.clip.weights_hash
-        self.teacher_id = spec
         self.activation = self.clip.activation
         self.class_prompts, self.templates_hash = load_prompts(prompts)
         self.patch = self.clip.stride
@@ -140,12 +144,13 @@ class OpenClipAdapter(_TeacherAdapter):
 
 
 def make_teacher(spec: str, index: DatasetIndex, device: str = "cpu", prompts: Path | None = None,
-                 sim_config: Path | None = None, activation: str = "auto"):
+                 sim_config: Path | None = None, activation: str = "auto", image_size: tuple[int, int] | None = None):
+    """The teacher behind ``spec``; with ``image_size``, an open_clip teacher checks it before loading weights."""
     if spec == "sim-clip":
         if activation != "auto":
             raise UserError(f"--activation {activation}: only for openclip: teachers")
         return SimClipAdapter(index, sim_config or CONFIG_DIR / "sim_clip.yaml")
-    return OpenClipAdapter(spec, index, prompts or CONFIG_DIR / "prompts.yaml", device, activation)
+    return OpenClipAdapter(spec, index, prompts or CONFIG_DIR / "prompts.yaml", device, activation, image_size)
 
 
 @dataclass
@@ -178,7 +183,8 @@ def precompute(cfg: PrecomputeConfig) -> dict:
         raise UserError(f"--shard {shard_i}/{shard_n}: write i/n with 0 <= i < n")
     if cfg.superpixels is not None and cfg.superpixels < 2:
         raise UserError(f"--superpixels {cfg.superpixels}: give the number of SLIC segments per image, e.g. 150")
-    teacher = make_teacher(cfg.teacher, index, cfg.device, cfg.prompts, cfg.sim_config, cfg.activation)
+    teacher = make_teacher(cfg.teacher, index, cfg.device, cfg.prompts, cfg.sim_config, cfg.activation,
+                           tuple(cfg.image_size))
     manifest = Manifest(teacher_id=teacher.teacher_id, weights_hash=teacher.weights_hash,
                         image_size=tuple(cfg.image_size), grid=teacher.grid(cfg.image_size), dim=teacher.dim,
                         dataset_version=cfg.version, dataroot=index.dataroot, templates_hash=teacher.templates_hash,

@@ -90,6 +90,36 @@ def required_activation(spec: str, model_cfg: dict, pretrained: str | None, requ
     return needed
 
 
+# ModifiedResNet (open_clip): a stride-2 stem conv, a 2x2 average pool and three stride-2 stages.
+RESNET_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class OpenClipPlan:
+    """What an ``openclip:`` teacher will be, decided from open_clip's configs alone (no weights read)."""
+
+    name: str
+    pretrained: str | None
+    family: str                     # vit or resnet
+    stride: int                     # pixels per dense-feature cell: the ViT patch size, 32 for a ResNet
+    activation: str                 # gelu or quick_gelu
+
+
+def plan_openclip(spec: str, activation: str = "auto") -> OpenClipPlan:
+    """Every refusal of an ``openclip:`` teacher (unknown model, unsupported family, undecidable or contradicted
+    activation), before any weights are downloaded or read."""
+    import open_clip
+
+    name, pretrained = parse_teacher(spec)
+    model_cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
+    if model_cfg is None:
+        raise UserError(f"teacher '{spec}': open_clip has no model '{name}'; see open_clip.list_models()")
+    family = vision_family(spec, model_cfg)
+    stride = int(model_cfg["vision_cfg"]["patch_size"]) if family == "vit" else RESNET_STRIDE
+    return OpenClipPlan(name, pretrained, family, stride,
+                        required_activation(spec, model_cfg, pretrained, activation))
+
+
 @dataclass
 class OpenClip:
     """A loaded open_clip teacher and what precompute needs to know about it."""
@@ -99,7 +129,7 @@ class OpenClip:
     weights_hash: str
     activation: str                 # gelu or quick_gelu, as built
     family: str                     # vit or resnet
-    stride: int                     # pixels per dense-feature cell (the ViT patch size, 32 for a ResNet)
+    stride: int                     # pixels per dense-feature cell, read from the built image tower
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str              # resize filter of the weights' preprocessing (bicubic, bilinear)
@@ -110,39 +140,30 @@ class OpenClip:
 
 
 def load_openclip(spec: str, device: str = "cpu", activation: str = "auto") -> OpenClip:
-    """Build an ``openclip:`` teacher with the activation its weights need (see :func:`required_activation`).
-
-    Every refusal (unknown model, unsupported family, undecidable activation) happens before any weights are read.
-    """
+    """Build an ``openclip:`` teacher with the activation its weights need (see :func:`required_activation`),
+    after :func:`plan_openclip` has refused whatever it cannot be."""
     import open_clip
 
-    name, pretrained = parse_teacher(spec)
-    model_cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
-    if model_cfg is None:
-        raise UserError(f"teacher '{spec}': open_clip has no model '{name}'; see open_clip.list_models()")
-    family = vision_family(spec, model_cfg)
-    act = required_activation(spec, model_cfg, pretrained, activation)
+    plan = plan_openclip(spec, activation)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device,
-                                       force_quick_gelu=act == "quick_gelu")
+        model = open_clip.create_model(plan.name, pretrained=plan.pretrained, device=device,
+                                       force_quick_gelu=plan.activation == "quick_gelu")
     except RuntimeError as err:
+        pretrained = plan.pretrained
         where = f"checkpoint file {pretrained}" if pretrained and Path(pretrained).exists() else f"weights '{pretrained}'"
         raise UserError(f"teacher '{spec}': could not load {where} ({str(err).splitlines()[0]}); download them first "
                         f"or pass a local checkpoint file") from None
     model.eval()
     visual = model.visual
-    if family == "vit":
-        patch_h, patch_w = visual.patch_size
-        if patch_h != patch_w:
-            raise UserError(f"teacher '{spec}': non-square patches {patch_h}x{patch_w} are not supported")
-        stride = patch_h
+    if plan.family == "vit":
+        stride = visual.patch_size[0]
     else:  # the attention pool's position grid covers the native input: its side is image_size / stride
         side = round((visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5)
         stride = visual.image_size // side
     pre = open_clip.get_model_preprocess_cfg(model)
-    return OpenClip(model=model, tokenizer=open_clip.get_tokenizer(name), weights_hash=weights_hash(model),
-                    activation=act, family=family, stride=int(stride), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                    interpolation=pre.get("interpolation", "bicubic"))
+    return OpenClip(model=model, tokenizer=open_clip.get_tokenizer(plan.name), weights_hash=weights_hash(model),
+                    activation=plan.activation, family=plan.family, stride=int(stride), mean=tuple(pre["mean"]),
+                    std=tuple(pre["std"]), interpolation=pre.get("interpolation", "bicubic"))
 
 
 def weights_hash(model: torch.nn.Module) -> str:
