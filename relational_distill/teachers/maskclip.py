@@ -115,7 +115,8 @@ def plan_openclip(spec: str, activation: str = "auto") -> OpenClipPlan:
     if model_cfg is None:
         raise UserError(f"teacher '{spec}': open_clip has no model '{name}'; see open_clip.list_models()")
     family = vision_family(spec, model_cfg)
-    stride = int(model_cfg["vision_cfg"]["patch_size"]) if family == "vit" else RESNET_STRIDE
+    vision = open_clip.model.CLIPVisionCfg(**model_cfg["vision_cfg"])  # fills open_clip's defaults
+    stride = int(vision.patch_size) if family == "vit" else RESNET_STRIDE
     return OpenClipPlan(name, pretrained, family, stride,
                         required_activation(spec, model_cfg, pretrained, activation))
 
