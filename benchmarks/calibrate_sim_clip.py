@@ -17,10 +17,9 @@ import torch
 
 from relational_distill.config import CONFIG_DIR
 from relational_distill.data.nuscenes import camera_list, load_index, read_labels, read_lidar
-from relational_distill.data.projection import pair_points
+from relational_distill.data.projection import pair_points, sample_at_pixels
 from relational_distill.metrics.structure import sample_per_class, tolerance, uniformity
 from relational_distill.teachers.sim_clip import SimClipConfig, SimClipTeacher
-from relational_distill.teachers.store import sample_at_pixels
 
 
 def measure(cfg: SimClipConfig, index, samples, per_class: int) -> dict:

@@ -121,11 +121,17 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                teacher: str = typer.Option("sim-clip", help="sim-clip (synthetic town) or openclip:MODEL/PRETRAINED, "
                                                             "e.g. openclip:ViT-B-16/openai or openclip:ViT-B-16/ckpt.pt"),
                version: str = VERSION,
-               image_size: str = typer.Option("416x224", help="Teacher input size WIDTHxHEIGHT (multiples of 16)."),
+               image_size: str = typer.Option("416x224", help="Teacher input size WIDTHxHEIGHT (multiples of the "
+                                                               "teacher's patch size: 16 for ViT-B-16, 32 for RN50)."),
                device: str = typer.Option("cpu", help="cpu or cuda."),
                shard: str = typer.Option("0/1", help="Process only samples i, i+n, ... (i/n) to split the work."),
                batch_size: int = typer.Option(1, help="Samples per forward pass (each has 6 images)."),
                prompts: Optional[Path] = typer.Option(None, help="Prompts YAML (default configs/prompts.yaml)."),
+               activation: str = typer.Option("auto", help="MLP activation of an openclip: teacher: auto (from the "
+                                                           "pretrained tag or a -quickgelu model name), gelu or "
+                                                           "quick_gelu (needed for a checkpoint file)."),
+               superpixels: Optional[int] = typer.Option(None, help="Also compute SLIC superpixels, this many per "
+                                                                    "image, for distill's superpixels option."),
                quiet: bool = QUIET) -> None:
     """Teacher dense features for every sample into a resumable, validated store; prints the teacher's U, T and
     2D zero-shot accuracy."""
@@ -133,9 +139,14 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
 
     result = run(PrecomputeConfig(dataroot=dataroot, out=out, teacher=teacher, version=version,
                                   image_size=_parse_size(image_size), device=device, shard=_parse_shard(shard),
-                                  batch_size=batch_size, prompts=prompts, quiet=quiet))
+                                  batch_size=batch_size, prompts=prompts, activation=activation,
+                                  superpixels=superpixels, quiet=quiet))
     stdout.print(f"computed {result['computed']} samples, skipped {result['skipped']} already stored "
                  f"({result['seconds']:.1f} s)")
+    if "superpixels" in result:
+        sp = result["superpixels"]
+        stdout.print(f"superpixels ({sp['segments']} per image): computed {sp['computed']} samples, skipped "
+                     f"{sp['skipped']}, in {sp['store']}")
     if not result["complete"]:
         stdout.print(f"{result['missing']} samples still missing (other shards?); run again to finish")
         return
@@ -168,6 +179,8 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                                                      "into log.jsonl (see 'rdistill plot')."),
             device: str = typer.Option("cpu", help="cpu or cuda; under torchrun one process per device."),
             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+            use_test_scenes: bool = typer.Option(False, "--use-test-scenes",
+                                                 help="With --version v1.0-test: distill on the held-out test scenes."),
             quiet: bool = QUIET) -> None:
     """Distill the teacher into the sparse 3D student with one loss (multi-GPU / multi-node: run under torchrun)."""
     from .config import load_config
@@ -176,7 +189,8 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
                                               "seed": seed, "workers": workers, "eval_every": eval_every})
-    result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet)
+    result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet,
+                 use_test_scenes=use_test_scenes)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
@@ -262,7 +276,9 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
                                                "lovasz": lovasz or None})
     result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet, dataset)
     if "evaluation" in result:
-        stdout.print(f"{result['mode']} on {result['train_scenes']} scenes ({result['train_samples']} samples, "
+        used = (f"{len(result['train_frames'])} frames" if "train_frames" in result
+                else f"{len(result['train_scenes'])} scenes")
+        stdout.print(f"{result['mode']} on {used} ({result['train_samples']} samples, "
                      f"fraction {cfg.fraction}, {result['dataset']})")
         _print_evaluation(result["evaluation"])
         stdout.print(f"result: {Path(out) / 'finetune.json'}")

@@ -90,9 +90,30 @@ def test_torchrun_two_processes_end_with_identical_weights(town, store_dir, tmp_
     assert len(result["rank_checksums"]) == 2 and len(set(result["rank_checksums"])) == 1
 
 
-def test_slidr_superpixel_contrastive_trains(town, store_dir, tmp_path):
+def test_slidr_superpixel_contrastive_trains_from_stored_superpixels(town, store_dir, tmp_path, monkeypatch):
+    """Superpixels come from their store (made by precompute --superpixels); training never runs SLIC."""
+    import shutil
+
+    from relational_distill.data import superpixels as superpixel_module
+    from relational_distill.engine.precompute import PrecomputeConfig, precompute
+    from relational_distill.errors import UserError
+
+    from .conftest import TOWN_IMAGE
+
+    features = tmp_path / "features"
+    shutil.copytree(store_dir, features)
     cfg = tiny_distill_config(loss="contrastive", epochs=1, superpixels=30)
-    result = distill(town, store_dir, tmp_path / "slidr", cfg, quiet=True)
+    with pytest.raises(UserError, match="--superpixels 30"):
+        distill(town, features, tmp_path / "missing", cfg, quiet=True)
+    result = precompute(PrecomputeConfig(dataroot=town, out=features, image_size=TOWN_IMAGE, superpixels=30,
+                                         summary_per_class=100, quiet=True))
+    assert result["computed"] == 0 and result["superpixels"]["computed"] > 0
+
+    def no_slic(*args, **kwargs):
+        raise AssertionError("SLIC ran during training")
+
+    monkeypatch.setattr(superpixel_module, "slic_superpixels", no_slic)
+    result = distill(town, features, tmp_path / "slidr", cfg, quiet=True)
     assert result["steps"] > 0 and all(e["mean_loss"] > 0 for e in result["epochs"])
     with pytest.raises(Exception, match="contrastive only"):
-        distill(town, store_dir, tmp_path / "bad", tiny_distill_config(loss="relational", superpixels=30), quiet=True)
+        distill(town, features, tmp_path / "bad", tiny_distill_config(loss="relational", superpixels=30), quiet=True)

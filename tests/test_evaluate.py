@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from relational_distill.cli import app
+from relational_distill.data.nuscenes import load_index
 from relational_distill.engine.analyze import analyze
 from relational_distill.engine.distill import distill
 from relational_distill.engine.evaluate import evaluate
-from relational_distill.engine.finetune import FinetuneConfig, few_shot_scenes, finetune
+from relational_distill.engine.finetune import FinetuneConfig, finetune
 from relational_distill.engine.toy import ToyConfig, run_toy
 from relational_distill.errors import UserError
 
@@ -49,12 +50,19 @@ def test_distilled_checkpoint_needs_zero_shot_flag(distilled):
         evaluate(distilled, quiet=True)
 
 
-def test_few_shot_keeps_every_kth_scene(index):
-    train = index.split("train")
-    scenes = sorted({s["scene"] for s in train})
-    assert {s["scene"] for s in few_shot_scenes(train, 0.01)} == {scenes[0]}
-    assert {s["scene"] for s in few_shot_scenes(train, 1.0)} == set(scenes)
-    assert {s["scene"] for s in few_shot_scenes(train, 0.5)} == set(scenes[::2])
+def test_evaluate_refuses_the_unlabelled_test_version(distilled, town):
+    with pytest.raises(UserError, match="no labels"):
+        evaluate(distilled, zero_shot=True, dataroot=town, version="v1.0-test", quiet=True)
+
+
+def test_test_version_predictions_pass_the_label_policy(distilled, town, tmp_path):
+    """With --save-predictions the label policy lets v1.0-test through (predictions for the server); this town has
+    no v1.0-test tables, so what stops it is the folder check, not the policy."""
+    with pytest.raises(UserError) as err:
+        evaluate(distilled, zero_shot=True, dataroot=town, version="v1.0-test", split="test",
+                 save_predictions=tmp_path / "pred", quiet=True)
+    assert "no labels" not in str(err.value) and "v1.0-test: no such table folder" in str(err.value)
+    assert not (tmp_path / "pred").exists()
 
 
 @pytest.mark.parametrize("mode", ["in-distribution", "out-of-distribution", "linear-probe", "from-scratch"])
@@ -66,11 +74,14 @@ def test_finetune_modes(distilled, town, town64, tmp_path, mode):
     result = finetune(ckpt, tmp_path / "ft", cfg, dataroot=root, quiet=True)
     ev = result["evaluation"]
     assert ev["mode"] == "head" and not math.isnan(ev["miou"])
-    assert result["train_scenes"] == 1
+    # 1 % of a town with 2 training scenes: SLidR's rule keeps none, so the first training scene in table order
+    town_index = load_index(town64 if mode == "out-of-distribution" else town, "v1.0-sim")
+    first = next(name for name in town_index.scenes if name in {s["scene"] for s in town_index.split("train")})
+    assert result["train_scenes"] == [first] and "keeps none" in result["few_shot_rule"]
     if mode == "out-of-distribution":
         assert ev["dataroot"] == str(town64.resolve())
     saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
-    assert saved["evaluation"]["miou"] == ev["miou"]
+    assert saved["evaluation"]["miou"] == ev["miou"] and saved["train_scenes"] == [first]
 
 
 def test_linear_probe_keeps_backbone_frozen(distilled, tmp_path):

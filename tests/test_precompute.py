@@ -13,8 +13,10 @@ from relational_distill.engine.precompute import PrecomputeConfig, precompute
 from relational_distill.errors import UserError
 from relational_distill.teachers.store import FeatureStore
 
-runner = CliRunner()
 from .conftest import TOWN_IMAGE as IMAGE
+from .test_maskclip import tiny_tags  # noqa: F401  (fixture)
+
+runner = CliRunner()
 
 
 def test_summary_and_manifest(store_dir, index):
@@ -105,3 +107,164 @@ def test_openclip_teacher_end_to_end(town, tmp_path, index):
     assert text.shape == (16, 32)
     with pytest.raises(UserError, match="sim-clip"):
         FeatureStore.open(out, teacher="sim-clip")
+
+
+def test_resnet_teacher_makes_a_store_of_its_width(town, tmp_path, index):
+    """openclip RN (MaskCLIP's ResNet variant): features of the model's width on a stride-32 grid."""
+    import open_clip
+
+    from .test_maskclip import TINY_RN
+
+    open_clip.add_model_config(TINY_RN)
+    out = tmp_path / "rn"
+    result = precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-rn",
+                                         image_size=(192, 96), summary_per_class=100, quiet=True))
+    assert result["complete"]
+    store = FeatureStore.open(out, teacher="openclip:rdistill-tiny-rn")
+    assert store.manifest.dim == 32 and store.manifest.grid == (3, 6) and store.manifest.activation == "gelu"
+    feats = store.read(index.samples[0]["token"])
+    assert feats.shape == (6, 32, 3, 6)
+    np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=2e-3)
+
+
+@pytest.mark.parametrize("teacher, size, nearest", [
+    ("openclip:rdistill-tiny-vit", "200x112", "nearest valid sizes: 192x112, 208x112"),
+    ("openclip:rdistill-tiny-rn", "192x112", "nearest valid sizes: 192x96, 192x128"),
+    ("openclip:rdistill-tiny-rn", "200x100", "nearest valid sizes: 192x96, 224x96, 192x128, 224x128"),
+])
+def test_input_size_off_the_patch_grid_is_refused(town, tmp_path, teacher, size, nearest, monkeypatch):
+    """Refused in one line, naming the nearest valid sizes, before any weights are read or any file written."""
+    import open_clip
+
+    from .test_maskclip import TINY, TINY_RN
+
+    open_clip.add_model_config(TINY)
+    open_clip.add_model_config(TINY_RN)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the image size was checked")
+
+    monkeypatch.setattr(open_clip, "create_model", no_weights)
+    out = tmp_path / "features"
+    result = runner.invoke(app, ["precompute", str(town), "--out", str(out), "--teacher", teacher,
+                                 "--image-size", size, "-q"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and nearest in lines[0] and f"--image-size {size}" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_refusals_and_failures_leave_no_store_folder(town, tmp_path, monkeypatch):
+    import open_clip
+
+    from relational_distill.engine import precompute as module
+
+    from .test_maskclip import TINY
+
+    open_clip.add_model_config(TINY)
+    timm_cfg = tmp_path / "rdistill-tiny-timm2.json"
+    timm_cfg.write_text(TINY.read_text().replace('"vision_cfg": {', '"vision_cfg": {"timm_model_name": "vit_tiny", '))
+    open_clip.add_model_config(timm_cfg)
+    out = tmp_path / "features"
+    with pytest.raises(UserError, match="not supported"):
+        precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-timm2", quiet=True))
+    assert not out.exists()
+    with pytest.raises(UserError, match="pass --image-size 192x112"):
+        precompute(PrecomputeConfig(dataroot=town, out=out, teacher="sim-clip", image_size=(416, 224), quiet=True))
+    assert not out.exists()
+
+    def broken(self, samples, image_size):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(module.OpenClipAdapter, "features", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-vit", image_size=IMAGE,
+                                    quiet=True))
+    assert not out.exists()
+
+
+def test_store_made_with_another_activation_is_refused(town, tmp_path, tiny_tags):
+    spec = f"openclip:rdistill-tiny-vit/{tiny_tags}"
+    out = tmp_path / "features"
+    precompute(PrecomputeConfig(dataroot=town, out=out, teacher=spec, image_size=IMAGE, activation="gelu",
+                                shard=(0, 3), quiet=True))
+    assert FeatureStore.open(out).manifest.activation == "gelu"
+    with pytest.raises(UserError, match="activation is 'gelu', expected 'quick_gelu'"):
+        precompute(PrecomputeConfig(dataroot=town, out=out, teacher=spec, image_size=IMAGE, activation="quick_gelu",
+                                    shard=(1, 3), quiet=True))
+    tagged = tmp_path / "tagged"
+    precompute(PrecomputeConfig(dataroot=town, out=tagged, teacher="openclip:rdistill-tiny-vit/rdqg", image_size=IMAGE,
+                                shard=(0, 3), quiet=True))
+    assert FeatureStore.open(tagged).manifest.activation == "quick_gelu"
+
+
+def test_openclip_features_of_a_1600x900_camera_at_416x224(tmp_path, tiny_tags):
+    """The real pairing on nuScenes-sized images: the teacher sees the 1600x900 image resized to 416x224 with the
+    weights' filter and mean/std (the tag's own, not CLIP's); a point at the centre of a cell's footprint in the
+    camera image reads exactly that cell's MaskCLIP feature."""
+    import torch
+    from PIL import Image
+
+    from relational_distill.config import CONFIG_DIR
+    from relational_distill.data.dataset import load_sample
+    from relational_distill.engine.precompute import OpenClipAdapter
+    from relational_distill.teachers.maskclip import dense_features
+
+    from .test_maskclip import TAG_MEAN, TAG_STD
+    from .test_projection import CAMERA_SIZE, TEACHER_SIZE, one_camera_dataset
+
+    gw, gh = TEACHER_SIZE[0] // 16, TEACHER_SIZE[1] // 16
+    cells = [(0, 0), (3, 7), (7, 13), (13, 25), (10, 2)]
+    pixels = np.array([[(c + 0.5) * CAMERA_SIZE[0] / gw - 0.5, (r + 0.5) * CAMERA_SIZE[1] / gh - 0.5] for r, c in cells])
+    index = one_camera_dataset(tmp_path, pixels, np.full(len(cells), 10.0))
+    teacher = OpenClipAdapter("openclip:rdistill-tiny-vit/rdqg", index, CONFIG_DIR / "prompts.yaml", "cpu")
+    assert teacher.grid(TEACHER_SIZE) == (gh, gw)
+    feats = teacher.features(index.samples, TEACHER_SIZE)[0]
+    assert feats.shape == (1, 32, gh, gw)
+
+    class Reader:
+        def read(self, token):
+            return feats
+
+    item = load_sample(index, index.samples[0], Reader())
+    image = Image.open(tmp_path / "front.png").convert("RGB").resize(TEACHER_SIZE, Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    x = (x - torch.tensor(TAG_MEAN).view(1, 3, 1, 1)) / torch.tensor(TAG_STD).view(1, 3, 1, 1)
+    want = dense_features(teacher.model, x)[0]
+    for m, p in enumerate(item["pair_point"].tolist()):
+        r, c = cells[p]
+        torch.testing.assert_close(item["pair_teacher"][m], want[:, r, c], atol=3e-3, rtol=0)
+
+
+def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, index):
+    """precompute --superpixels: one SLIC map per camera image, equal to skimage's SLIC on that image; a rerun
+    redoes only missing or truncated files; a store of another segment count or version is refused."""
+    from PIL import Image
+    from skimage.segmentation import slic
+
+    from relational_distill.data.superpixels import SuperpixelStore
+
+    out = tmp_path / "features"
+    result = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
+                                         summary_per_class=100, quiet=True))
+    assert result["superpixels"]["computed"] == len(index.samples)
+    store = SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-sim")
+    sample = index.samples[0]
+    cams = camera_list(sample)
+    maps = store.read(sample["token"])
+    assert len(maps) == len(cams)
+    image = np.asarray(Image.open(f"{index.dataroot}/{cams[2]['image']}").convert("RGB"))
+    np.testing.assert_array_equal(maps[2], slic(image, n_segments=20, compactness=10, start_label=0))
+    assert maps[2].shape == (IMAGE[1], IMAGE[0])
+    gone, cut = index.samples[1]["token"], index.samples[2]["token"]
+    store.path(gone).unlink()
+    store.path(cut).write_bytes(store.path(cut).read_bytes()[:100])
+    with pytest.raises(UserError, match="--superpixels 20"):
+        store.read(cut)
+    again = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
+                                        summary_per_class=100, quiet=True))
+    assert again["computed"] == 0 and again["superpixels"]["computed"] == 2
+    with pytest.raises(UserError, match="--superpixels 30"):
+        SuperpixelStore.open(SuperpixelStore.folder(out, 30), 30, "v1.0-sim")
+    with pytest.raises(UserError, match="not 20 for 'v1.0-trainval'"):
+        SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-trainval")

@@ -66,3 +66,56 @@ def test_wrong_chain_moves_pixels(nusc, index):
     i2, uv2, _ = project_points(points, wrong, cam["intrinsic"], cam["image_size"])
     common, a, b = np.intersect1d(i1, i2, return_indices=True)
     assert np.median(np.linalg.norm(uv1[a] - uv2[b], axis=1)) > 1.0
+
+
+# nuScenes-like camera: 1600x900 images, CAM_FRONT's intrinsics; the teacher sees them at 416x224 (SLidR's size).
+CAMERA_SIZE, TEACHER_SIZE, PATCH = (1600, 900), (416, 224), 16
+INTRINSIC = [[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]]
+
+
+def one_camera_dataset(root, pixels: np.ndarray, depth: np.ndarray):
+    """A one-sample, one-camera index under ``root`` whose lidar points project exactly onto ``pixels`` (M, 2)
+    (u, v, centres on integers) at ``depth`` metres: the lidar frame is the camera frame."""
+    from PIL import Image
+
+    from relational_distill.data.nuscenes import DatasetIndex
+
+    fx, cx, fy, cy = INTRINSIC[0][0], INTRINSIC[0][2], INTRINSIC[1][1], INTRINSIC[1][2]
+    xyz = np.stack([(pixels[:, 0] - cx) * depth / fx, (pixels[:, 1] - cy) * depth / fy, depth], 1)
+    points = np.concatenate([xyz, np.zeros((len(xyz), 2))], 1).astype(np.float32)
+    points.tofile(root / "points.bin")
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(CAMERA_SIZE[1], CAMERA_SIZE[0], 3), dtype=np.uint8)  # the resize filter matters
+    Image.fromarray(noise).save(root / "front.png")
+    sample = {"token": "t0", "scene": "scene-0001", "split": "train", "timestamp": 0, "lidar": "points.bin",
+              "lidarseg": None,
+              "cameras": {"CAM_FRONT": {"image": "front.png", "image_size": list(CAMERA_SIZE), "intrinsic": INTRINSIC,
+                                        "lidar_to_camera": np.eye(4).tolist()}}}
+    return DatasetIndex(str(root), "v1.0-sim", [0] * 32, [sample], ["scene-0001"])
+
+
+def test_a_point_reads_the_teacher_cell_that_covers_its_pixel(tmp_path):
+    """1600x900 camera, 416x224 teacher input (a 14 x 26 grid): a point's feature comes from the cell that covers
+    its pixel after the resize, cell = floor(pixel edge coordinate x grid / image size) on each axis."""
+    from relational_distill.data.dataset import load_sample
+
+    gw, gh = TEACHER_SIZE[0] // PATCH, TEACHER_SIZE[1] // PATCH
+    rng = np.random.default_rng(1)
+    pixels = np.stack([rng.uniform(2, CAMERA_SIZE[0] - 3, 3000), rng.uniform(2, CAMERA_SIZE[1] - 3, 3000)], 1)
+    # edge coordinates (pixel centres at +0.5) in teacher cells; stay clear of cell borders, where both are right
+    cell_x, cell_y = (pixels[:, 0] + 0.5) * gw / CAMERA_SIZE[0], (pixels[:, 1] + 0.5) * gh / CAMERA_SIZE[1]
+    clear = (np.abs(cell_x - np.round(cell_x)) > 1e-3) & (np.abs(cell_y - np.round(cell_y)) > 1e-3)
+    pixels = pixels[clear]
+    index = one_camera_dataset(tmp_path, pixels, rng.uniform(3, 60, len(pixels)))
+
+    class OneHotCells:
+        """Feature of cell (r, c) = unit vector e_{r * gw + c}."""
+
+        def read(self, token):
+            return np.eye(gh * gw, dtype=np.float16).reshape(gh * gw, gh, gw)[None]
+
+    item = load_sample(index, index.samples[0], OneHotCells())
+    assert len(item["pair_point"]) == len(pixels)
+    got = item["pair_teacher"].argmax(1).numpy()
+    want = (np.floor(cell_y[clear]) * gw + np.floor(cell_x[clear])).astype(np.int64)[item["pair_point"].numpy()]
+    assert (got == want).all()

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from relational_distill.cli import app
 from relational_distill.data.datasets import open_index
 from relational_distill.data.projection import project_points
-from relational_distill.data.semantickitti import few_shot_frames, learning_map
+from relational_distill.data.semantickitti import learning_map
+from relational_distill.data.splits import few_shot_frames
 from relational_distill.engine.evaluate import evaluate
 from relational_distill.engine.finetune import FinetuneConfig, finetune
 from relational_distill.errors import UserError

@@ -1,38 +1,37 @@
 """Samples for distill / finetune / evaluate: points, labels, point-pixel pairs and the teacher features there.
 
-Everything is read from the compact index and the feature store, never through the devkit, so data-loader
-workers stay light.
+Everything is read from the compact index and from the readers the engine hands over (teacher features,
+superpixels: objects with ``.read(token)``), never through the devkit, so data-loader workers stay light.
 """
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..teachers.store import FeatureStore, sample_at_pixels
 from .nuscenes import DatasetIndex, camera_list
-from .projection import pair_points
+from .projection import pair_points, sample_at_pixels
 
 
-def superpixels(image_path: str, num_segments: int = 150) -> np.ndarray:
-    """(H, W) SLIC superpixel ids of an image (SLidR uses 150 per nuScenes image)."""
-    from PIL import Image
-    from skimage.segmentation import slic
+class Reader(Protocol):
+    """Per-sample data by sample token: teacher features (cameras, D, gh, gw), or superpixel maps per camera."""
 
-    return slic(np.asarray(Image.open(image_path).convert("RGB")), n_segments=num_segments, compactness=10,
-                start_label=0)
+    def read(self, token: str): ...
 
 
-def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = None, min_depth: float = 1.0,
+def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, min_depth: float = 1.0,
                 max_pairs: int | None = None, rng: np.random.Generator | None = None,
-                superpixel_segments: int | None = None) -> dict:
+                superpixels: Reader | None = None) -> dict:
     """One sample as tensors.
 
     Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity 0-255, ring;
     SemanticKITTI: (N, 4), no ring), ``labels`` (N,) int64 evaluation classes (0 = ignore or unlabelled),
-    ``pair_point`` (M,) int64 index of the paired point, and with a store ``pair_teacher`` (M, D) float32 L2-normalised teacher features. With
-    ``max_pairs``, at most that many pairs, drawn with ``rng``. With ``superpixel_segments``, ``pair_segment``
-    (M,) gives each pair's SLIC superpixel, unique within the sample (camera x segment).
+    ``pair_point`` (M,) int64 index of the paired point, and with a feature reader ``store``, ``pair_teacher``
+    (M, D) float32 L2-normalised teacher features. With ``max_pairs``, at most that many pairs, drawn with ``rng``.
+    With a ``superpixels`` reader, ``pair_segment`` (M,) gives each pair's SLIC superpixel, unique within the
+    sample (camera x segment).
     """
     points = index.read_points(sample)
     labels = index.read_labels(sample, len(points))
@@ -48,11 +47,11 @@ def load_sample(index: DatasetIndex, sample: dict, store: FeatureStore | None = 
         point_idx, cam_idx, uv = point_idx[keep], cam_idx[keep], uv[keep]
     features = torch.from_numpy(store.read(sample["token"]))
     out["pair_point"] = torch.from_numpy(point_idx)
-    if superpixel_segments:
+    if superpixels is not None:
         segment = np.empty(len(point_idx), np.int64)
-        for c, cam in enumerate(cams):
+        maps = superpixels.read(sample["token"])
+        for c, seg in enumerate(maps):
             sel = cam_idx == c
-            seg = superpixels(f"{index.dataroot}/{cam['image']}", superpixel_segments)
             u = np.clip(np.round(uv[sel, 0]).astype(np.int64), 0, seg.shape[1] - 1)
             v = np.clip(np.round(uv[sel, 1]).astype(np.int64), 0, seg.shape[0] - 1)
             segment[sel] = c * 100_000 + seg[v, u]
@@ -67,11 +66,11 @@ class PointCloudDataset(Dataset):
     (pairs were computed before, so they stay valid). Pair subsampling and augmentation are seeded by
     (seed, epoch, item), so a resumed run sees exactly the same data."""
 
-    def __init__(self, index: DatasetIndex, samples: list[dict], store: FeatureStore | None = None,
+    def __init__(self, index: DatasetIndex, samples: list[dict], store: Reader | None = None,
                  max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0,
-                 superpixel_segments: int | None = None):
+                 superpixels: Reader | None = None):
         self.index, self.samples, self.store = index, samples, store
-        self.superpixel_segments = superpixel_segments
+        self.superpixels = superpixels
         self.max_pairs, self.augment, self.seed, self.min_depth = max_pairs, augment, seed, min_depth
         self.epoch = 0
 
@@ -84,7 +83,7 @@ class PointCloudDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng,
-                           self.superpixel_segments)
+                           self.superpixels)
         if self.augment:
             angle = rng.uniform(0, 2 * np.pi)
             c, s = np.cos(angle), np.sin(angle)

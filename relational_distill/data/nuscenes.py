@@ -1,8 +1,10 @@
 """nuScenes (real or synthetic) through nuscenes-devkit -> a compact per-sample index.
 
 Reading the devkit's JSON tables is slow for trainval, so the index is built once and cached as one JSON
-file: per keyframe, the lidar and label files, every camera's image file, intrinsics and the full
-lidar -> camera matrix. Training reads only the index; the devkit never runs in data-loader workers.
+file: the scene table's order of scene names (the few-shot rule counts scenes in it, docs/splits.md) and, per
+keyframe, the lidar file and its sample_data token (prediction files are named by it, docs/datasets.md), the label
+file, every camera's image file, intrinsics and the full lidar -> camera matrix.
+Training reads only the index; the devkit never runs in data-loader workers.
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ from ..errors import UserError
 from .geometry import invert_transform, make_transform
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
-INDEX_FORMAT = 2
-_OFFICIAL_SPLITS = {"v1.0-trainval": ("train", "val"), "v1.0-mini": ("mini_train", "mini_val"),
-                    "v1.0-test": ("test", None)}
+# 3: the lidar sample_data token per sample (prediction files are named by it) and the scene table's order, with
+# test scenes in their own split; formats 1 and 2 (each had only one of these) are rebuilt.
+INDEX_FORMAT = 3
+# The devkit's split names per version, as rdistill's split names (docs/splits.md).
+_OFFICIAL_SPLITS = {"v1.0-trainval": {"train": "train", "val": "val"},
+                    "v1.0-mini": {"train": "mini_train", "val": "mini_val"},
+                    "v1.0-test": {"test": "test"}}
 
 
 def check_dataroot(dataroot: Path, version: str) -> None:
@@ -69,15 +75,13 @@ def lidar_to_camera(nusc, lidar_sample_data_token: str, camera_sample_data_token
 
 
 def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
-    """Scene names per split: the devkit's official splits for real versions, ``splits.json`` otherwise."""
+    """Scene names per split: the devkit's official splits for real versions (v1.0-mini: mini_train / mini_val;
+    v1.0-test: only ``test``, which has no labels), ``splits.json`` otherwise."""
     if version in _OFFICIAL_SPLITS:
         from nuscenes.utils.splits import create_splits_scenes
 
         official = create_splits_scenes()
-        if version == "v1.0-test":  # no labels: predictions only (docs/datasets.md)
-            return {"train": [], "val": [], "test": official["test"]}
-        train, val = _OFFICIAL_SPLITS[version]
-        return {"train": official[train], "val": official[val]}
+        return {ours: list(official[theirs]) for ours, theirs in _OFFICIAL_SPLITS[version].items()}
     path = Path(dataroot) / "splits.json"
     if not path.exists():
         raise UserError(f"{path}: missing; a dataset of version '{version}' needs a splits.json "
@@ -92,14 +96,13 @@ def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
 def eval_set_name(version: str, split: str) -> str:
     """The devkit's name of rdistill's ``split`` (``val`` of v1.0-mini is the devkit's ``mini_val``), as its
     lidarseg evaluation and submission folders use it."""
-    if version == "v1.0-mini":
-        return {"train": "mini_train", "val": "mini_val"}.get(split, split)
-    return split
+    return _OFFICIAL_SPLITS.get(version, {}).get(split, split)
 
 
 @dataclass
 class DatasetIndex:
-    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`.
+    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`, in scene-table
+    order and by time within a scene; ``scenes`` the scene names in the order of the devkit's scene table.
 
     Engines read points and labels only through :meth:`read_points` and :meth:`read_labels`, so the
     SemanticKITTI index (data/semantickitti.py) can stand in for this one (docs/datasets.md).
@@ -109,6 +112,7 @@ class DatasetIndex:
     version: str
     fine_to_coarse: list[int]       # 32 -> 16 class map from the devkit (0 = ignore)
     samples: list[dict]
+    scenes: list[str]
 
     dataset = "nuscenes"
     class_names = CLASS_NAMES       # evaluation class i + 1 (0 = ignore)
@@ -138,7 +142,7 @@ class DatasetIndex:
 
     def to_json(self) -> dict:
         return {"format": INDEX_FORMAT, "dataroot": self.dataroot, "version": self.version,
-                "fine_to_coarse": self.fine_to_coarse, "samples": self.samples}
+                "fine_to_coarse": self.fine_to_coarse, "samples": self.samples, "scenes": self.scenes}
 
 
 def build_index(dataroot: Path, version: str) -> DatasetIndex:
@@ -176,8 +180,10 @@ def build_index(dataroot: Path, version: str) -> DatasetIndex:
                 "intrinsic": calib["camera_intrinsic"],
                 "lidar_to_camera": lidar_to_camera(nusc, lidar_token, cam_sd["token"]).tolist()}
         samples.append(record)
-    samples.sort(key=lambda s: (s["scene"], s["timestamp"]))
-    return DatasetIndex(str(Path(dataroot).resolve()), version, fine_to_coarse, samples)
+    scenes = [scene["name"] for scene in nusc.scene]
+    position = {name: i for i, name in enumerate(scenes)}
+    samples.sort(key=lambda s: (position[s["scene"]], s["timestamp"]))
+    return DatasetIndex(str(Path(dataroot).resolve()), version, fine_to_coarse, samples, scenes)
 
 
 def _fingerprint(dataroot: Path, version: str) -> str:
@@ -205,7 +211,8 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
         try:
             data = json.loads(path.read_text())
             if data.get("format") == INDEX_FORMAT and data.get("fingerprint") == fingerprint:
-                return DatasetIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"])
+                return DatasetIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"],
+                                    data["scenes"])
         except ValueError:
             pass  # a damaged cache is rebuilt below
     index = build_index(dataroot, version)

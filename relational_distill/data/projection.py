@@ -1,7 +1,9 @@
-"""Lidar points -> camera pixels. Pure array math, no I/O."""
+"""Lidar points -> camera pixels, and features read at those pixels. Pure array math, no I/O."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 # The devkit's NuScenesExplorer.map_pointcloud_to_image keeps points strictly more than one pixel inside
 # the image; we use the same rule so that our pairs are exactly the devkit's.
@@ -52,3 +54,29 @@ def pair_points(points_xyz: np.ndarray, cameras: list[dict], min_depth: float = 
         cam.append(np.full(len(i), c, np.int64))
         uv.append(p)
     return np.concatenate(idx), np.concatenate(cam), np.concatenate(uv).reshape(-1, 2)
+
+
+def sample_at_pixels(features: torch.Tensor, camera_index: torch.Tensor, uv: torch.Tensor,
+                     image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """Bilinear teacher features at pixels, re-normalised.
+
+    The feature grid of a camera covers its whole image whatever the teacher's input size was: cell (r, c) of a
+    (gh, gw) grid covers pixels ``[c W/gw, (c+1) W/gw) x [r H/gh, (r+1) H/gh)`` of a W x H image.
+
+    Args:
+        features: (cameras, D, gh, gw) patch features covering each whole image.
+        camera_index: (M,) camera of each pixel; uv: (M, 2) pixel coordinates in that camera's image
+            (centres on integers); image_sizes: (width, height) of each camera's image.
+
+    Returns:
+        (M, D) float32, L2-normalised.
+    """
+    out = torch.empty(len(uv), features.shape[1], dtype=torch.float32)
+    for c in torch.unique(camera_index).tolist():
+        sel = camera_index == c
+        width, height = image_sizes[c]
+        grid = torch.stack([(2 * uv[sel, 0] + 1) / width - 1, (2 * uv[sel, 1] + 1) / height - 1], 1)
+        sampled = F.grid_sample(features[c:c + 1].float(), grid.view(1, 1, -1, 2).float(), mode="bilinear",
+                                padding_mode="border", align_corners=False)
+        out[sel] = sampled[0, :, 0].T
+    return F.normalize(out, dim=1)

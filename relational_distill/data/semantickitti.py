@@ -139,8 +139,9 @@ def build_index(dataroot: Path) -> "SemanticKittiIndex":
     if not samples:
         raise UserError(f"{root / 'sequences'}: no sequence with scans (sequences/NN/velodyne/*.bin for NN in "
                         f"00-21); check the dataroot")
+    scenes = sorted({s["scene"] for s in samples})
     return SemanticKittiIndex(str(root.resolve()), "semantickitti", lmap.class_lut().tolist()[:max(lmap.to_class) + 1],
-                              samples, tuple(notes))
+                              samples, scenes, tuple(notes))
 
 
 def _sequence_samples(root: Path, number: int, split: str) -> list[dict]:
@@ -169,8 +170,8 @@ def _sequence_samples(root: Path, number: int, split: str) -> list[dict]:
 
 @dataclass
 class SemanticKittiIndex(DatasetIndex):
-    """The SemanticKITTI index; ``fine_to_coarse`` is the learning map as a list (raw id -> class 0..19) and
-    ``notes`` says which sequences were absent."""
+    """The SemanticKITTI index; ``fine_to_coarse`` is the learning map as a list (raw id -> class 0..19),
+    ``scenes`` the sequence numbers present (``"00"``, ...) and ``notes`` says which sequences were absent."""
 
     dataset = "semantickitti"
     class_names = learning_map().class_names
@@ -219,10 +220,3 @@ class SemanticKittiIndex(DatasetIndex):
             folder = Path(self.dataroot) / "sequences" / unlabelled[0] / "labels"
             raise UserError(f"{folder}: missing; sequence(s) {', '.join(unlabelled)} have no labels and cannot be "
                             f"used for {use} (SemanticKITTI's test sequences 11-21 never do)")
-
-
-def few_shot_frames(samples: list[dict], fraction: float) -> list[dict]:
-    """Every k-th frame of the sorted training list, k = round(1 / fraction), starting with the first
-    (SLidR's SemanticKITTI rule: 1 % = every 100th frame; docs/datasets.md)."""
-    step = max(1, round(1 / fraction))
-    return sorted(samples, key=lambda s: s["token"])[::step]

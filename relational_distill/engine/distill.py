@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from ..data.dataset import PointCloudDataset, load_sample
 from ..data.nuscenes import load_index
 from ..data.sim.writer import is_synthetic_town
+from ..data.splits import distill_samples
+from ..data.superpixels import SuperpixelStore
 from ..errors import UserError
 from ..losses import LOSS_NAMES, make_loss, superpixel_pool
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
@@ -69,12 +71,14 @@ def build_student(meta: dict, device_type: str) -> Student:
 
 def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = "v1.0-sim",
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-            on_epoch_end=None) -> dict:
+            on_epoch_end=None, use_test_scenes: bool = False) -> dict:
     cfg.check()
     device = resolve_device(device)
     index = load_index(dataroot, version)
     store = FeatureStore.open(features, teacher=teacher, version=version)
-    train_samples = index.split("train")
+    superpixels = (SuperpixelStore.open(SuperpixelStore.folder(features, cfg.superpixels), cfg.superpixels, version)
+                   if cfg.superpixels else None)
+    train_samples = distill_samples(index, use_test_scenes)
     if not train_samples:
         raise UserError(f"{index.dataroot}: no samples in the train split; check the dataset's splits")
     torch.manual_seed(cfg.seed)
@@ -84,7 +88,7 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
             "dataroot": index.dataroot, "version": version, "config": asdict(cfg)}
     model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
     dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
-                                cfg.superpixels)
+                                superpixels)
     loss_fn = make_loss(cfg.loss, cfg.temperature, cfg.intra_weight, cfg.relational_p, cfg.block_size)
     rank = init_distributed(device).rank
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..data.dataset import load_sample
 from ..data.datasets import open_index
 from ..data.sim.writer import is_synthetic_town
+from ..data.splits import require_labels
 from ..errors import UserError
 from ..metrics.segmentation import confusion_matrix, miou, miou_semantickitti
 from ..progress import progress_bar
@@ -65,6 +66,9 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
                         f"finetune it first with 'rdistill finetune {checkpoint}'")
     if meta["kind"] != "distill" and zero_shot:
         raise UserError(f"{checkpoint}: --zero-shot needs a distilled checkpoint (this one is '{meta['kind']}')")
+    if save_predictions is None:  # predictions for the benchmark's server need no labels (docs/splits.md)
+        require_labels(version or meta["version"], "evaluate", "--save-predictions DIR to write predictions for "
+                                                               "the benchmark's server")
     index = open_index(dataroot or meta["dataroot"], version or meta["version"], dataset)
     classes_of = "nuscenes" if zero_shot else meta.get("dataset", "nuscenes")
     if index.dataset != classes_of:
@@ -151,6 +155,7 @@ def evaluate_teacher(features: Path, dataroot: Path | None = None, version: str 
                      quiet: bool = False) -> dict:
     """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split``."""
     store = FeatureStore.open(features)
+    require_labels(version or store.manifest.dataset_version, "evaluate --teacher")
     index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
     samples = index.split(split)
     if not samples:

@@ -1,6 +1,6 @@
 """``rdistill finetune``: few-shot semantic segmentation from a distilled backbone (or from scratch), and the
-linear probe (frozen backbone). SPEC 7: keep every k-th training scene (k = round(1 / fraction)); on
-SemanticKITTI every k-th frame (data/semantickitti.py), with a head for its 19 classes."""
+linear probe (frozen backbone). The few-shot subset follows SLidR's rules (docs/splits.md): on nuScenes its scene
+rule, on SemanticKITTI every k-th frame, with a head for its 19 classes."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import PointCloudDataset
 from ..data.datasets import open_index
-from ..data.semantickitti import few_shot_frames
+from ..data.splits import few_shot_samples, require_labels
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
@@ -46,14 +46,6 @@ class FinetuneConfig:
             raise UserError("--linear-probe with --from-scratch would train a head on random features; choose one")
         if self.preset not in PRESETS:
             raise UserError(f"preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-
-
-def few_shot_scenes(samples: list[dict], fraction: float) -> list[dict]:
-    """Samples of every k-th training scene, k = round(1 / fraction), in scene-name order (at least one scene)."""
-    scenes = sorted({s["scene"] for s in samples})
-    step = max(1, round(1 / fraction))
-    keep = set(scenes[::step])
-    return [s for s in samples if s["scene"] in keep]
 
 
 def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,11 +83,9 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
         raise UserError("--dataroot is required with --from-scratch")
     dataroot = Path(dataroot or source_meta["dataroot"])
     version = version or source_meta.get("version", "v1.0-sim")
+    require_labels(version, "finetune")
     index = open_index(dataroot, version, dataset)
-    if index.dataset == "semantickitti":
-        train_samples = few_shot_frames(index.split("train"), cfg.fraction)
-    else:
-        train_samples = few_shot_scenes(index.split("train"), cfg.fraction)
+    train_samples, selection = few_shot_samples(index, cfg.fraction)
     if not train_samples:
         raise UserError(f"{index.dataroot}: no training samples; check the dataset's splits")
     index.require_labels(train_samples, "training")
@@ -135,11 +125,9 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, quiet=quiet)
     result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta)
-    result.update({"train_samples": len(train_samples), "train_scenes": len({s["scene"] for s in train_samples}),
+    result.update({"train_samples": len(train_samples), **selection,
                    "fraction": cfg.fraction, "mode": meta["kind"], "from_scratch": cfg.from_scratch,
                    "dataset": index.dataset, "notes": list(index.notes), "config": asdict(cfg)})
-    if index.dataset == "semantickitti":
-        result["train_frames"] = [s["token"] for s in train_samples]
     if init_distributed(device).main:
         result["evaluation"] = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)
         write_result(Path(out) / "finetune.json", result)

@@ -16,6 +16,7 @@ from ..config import CONFIG_DIR
 from ..data.dataset import load_sample
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
 from ..data.sim.writer import is_synthetic_town
+from ..data.superpixels import COMPACTNESS, SuperpixelManifest, SuperpixelStore, sample_superpixels
 from ..errors import UserError
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
@@ -39,13 +40,32 @@ def load_prompts(path: Path) -> tuple[list[list[str]], str]:
 
 
 class _TeacherAdapter:
-    """What precompute needs of a teacher: id, hashes, feature dim, ViT patch size, features and text embeddings."""
+    """What precompute needs of a teacher: id, hashes, activation, feature dim, patch size (pixels per feature
+    cell), features and text embeddings."""
 
+    teacher_id: str
     patch: int
 
     def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid (rows, columns) of an image of ``image_size`` = (width, height) pixels."""
-        return image_size[1] // self.patch, image_size[0] // self.patch
+        """Patch grid (rows, columns) of a teacher input of ``image_size`` = (width, height) pixels; a size that is
+        not a multiple of the patch size is refused, naming the nearest valid sizes (features would not line up
+        with their pixels)."""
+        width, height = image_size
+        if width <= 0 or height <= 0 or width % self.patch or height % self.patch:
+            options = sorted(((w, h) for w in _near_multiples(width, self.patch)
+                              for h in _near_multiples(height, self.patch)),
+                             key=lambda s: (abs(s[0] - width) + abs(s[1] - height), s))
+            raise UserError(f"--image-size {width}x{height}: not a multiple of the patch size {self.patch} of teacher "
+                            f"'{self.teacher_id}'; nearest valid sizes: {', '.join(f'{w}x{h}' for w, h in options)}")
+        return height // self.patch, width // self.patch
+
+
+def _near_multiples(value: int, step: int) -> list[int]:
+    """``value`` if it is a positive multiple of ``step``, else the multiples just below and above it."""
+    if value > 0 and value % step == 0:
+        return [value]
+    low = value // step * step
+    return [m for m in (low, low + step) if m >= step]
 
 
 class SimClipAdapter(_TeacherAdapter):
@@ -59,15 +79,19 @@ class SimClipAdapter(_TeacherAdapter):
         self.teacher_id = self.teacher.teacher_id
         self.weights_hash = self.cfg.digest()
         self.templates_hash = "sim-clip"
+        self.activation = "none"
         self.dim, self.patch = self.cfg.dim, self.cfg.patch
         self.index = index
 
-    def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
-        for s in samples:
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        for s in self.index.samples:
             native = tuple(camera_list(s)[0]["image_size"])
             if native != tuple(image_size):
                 raise UserError(f"sim-clip reads side-car maps at the town's image size {native[0]}x{native[1]}; "
                                 f"pass --image-size {native[0]}x{native[1]}")
+        return super().grid(image_size)
+
+    def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
         return [self.teacher.sample_features(self.index.dataroot, s) for s in samples]
 
     def text_embeddings(self) -> torch.Tensor:
@@ -75,16 +99,23 @@ class SimClipAdapter(_TeacherAdapter):
 
 
 class OpenClipAdapter(_TeacherAdapter):
-    """open_clip CLIP with MaskCLIP dense features; images are resized to the teacher input size."""
+    """open_clip CLIP with MaskCLIP dense features; images are resized to the teacher input size with the filter,
+    and normalised with the mean and std, of the weights' own preprocessing."""
 
-    def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str) -> None:
-        from ..teachers.maskclip import load_openclip
+    def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str, activation: str = "auto",
+                 image_size: tuple[int, int] | None = None) -> None:
+        from ..teachers.maskclip import load_openclip, plan_openclip
 
-        self.model, self.tokenizer, self.weights_hash = load_openclip(spec, device)
         self.teacher_id = spec
+        self.patch = plan_openclip(spec, activation).stride
+        if image_size is not None:  # refuse a bad input size before downloading or reading any weights
+            self.grid(image_size)
+        self.clip = load_openclip(spec, device, activation)
+        self.model, self.tokenizer, self.weights_hash = self.clip.model, self.clip.tokenizer, self.clip.weights_hash
+        self.activation = self.clip.activation
         self.class_prompts, self.templates_hash = load_prompts(prompts)
-        self.patch = self.model.visual.conv1.kernel_size[0]
-        self.dim = self.model.visual.output_dim
+        self.patch = self.clip.stride
+        self.dim = self.clip.dim
         self.index, self.device = index, device
 
     def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
@@ -92,16 +123,17 @@ class OpenClipAdapter(_TeacherAdapter):
 
         from ..teachers.maskclip import dense_features, normalise_images
 
+        resample = Image.BILINEAR if self.clip.interpolation == "bilinear" else Image.BICUBIC
         images = []
         for s in samples:
             for cam in camera_list(s):
                 path = Path(self.index.dataroot) / cam["image"]
                 try:
-                    img = Image.open(path).convert("RGB").resize(tuple(image_size), Image.BILINEAR)
+                    img = Image.open(path).convert("RGB").resize(tuple(image_size), resample)
                 except OSError as err:
                     raise UserError(f"{path}: unreadable image ({err}); re-download or regenerate it") from None
                 images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        batch = normalise_images(torch.stack(images).to(self.device))
+        batch = normalise_images(torch.stack(images).to(self.device), self.clip.mean, self.clip.std)
         feats = dense_features(self.model, batch).half().cpu().numpy()
         per = len(CAMERAS)
         return [feats[i * per:(i + 1) * per] for i in range(len(samples))]
@@ -113,10 +145,13 @@ class OpenClipAdapter(_TeacherAdapter):
 
 
 def make_teacher(spec: str, index: DatasetIndex, device: str = "cpu", prompts: Path | None = None,
-                 sim_config: Path | None = None):
+                 sim_config: Path | None = None, activation: str = "auto", image_size: tuple[int, int] | None = None):
+    """The teacher behind ``spec``; with ``image_size``, an open_clip teacher checks it before loading weights."""
     if spec == "sim-clip":
+        if activation != "auto":
+            raise UserError(f"--activation {activation}: only for openclip: teachers")
         return SimClipAdapter(index, sim_config or CONFIG_DIR / "sim_clip.yaml")
-    return OpenClipAdapter(spec, index, prompts or CONFIG_DIR / "prompts.yaml", device)
+    return OpenClipAdapter(spec, index, prompts or CONFIG_DIR / "prompts.yaml", device, activation, image_size)
 
 
 @dataclass
@@ -132,34 +167,51 @@ class PrecomputeConfig:
     summary_per_class: int = 5000  # the Fig. 1 protocol
     prompts: Path | None = None
     sim_config: Path | None = None
+    activation: str = "auto"       # open_clip MLP activation: auto (from the weights), gelu or quick_gelu
+    superpixels: int | None = None  # also compute SLIC superpixels with this many segments per image (SLidR)
     quiet: bool = False
 
 
 def precompute(cfg: PrecomputeConfig) -> dict:
-    """Fill the store; when every sample is present, measure the teacher and write ``summary.json``."""
+    """Fill the store; when every sample is present, measure the teacher and write ``summary.json``.
+
+    Everything that can be refused (teacher, activation, image size) is checked before the store is created, and
+    a new store that fails before its first sample is removed again, so no half-made store is left behind.
+    """
     index = load_index(cfg.dataroot, cfg.version)
     shard_i, shard_n = cfg.shard
     if not 0 <= shard_i < shard_n:
         raise UserError(f"--shard {shard_i}/{shard_n}: write i/n with 0 <= i < n")
-    teacher = make_teacher(cfg.teacher, index, cfg.device, cfg.prompts, cfg.sim_config)
+    if cfg.superpixels is not None and cfg.superpixels < 2:
+        raise UserError(f"--superpixels {cfg.superpixels}: give the number of SLIC segments per image, e.g. 150")
+    teacher = make_teacher(cfg.teacher, index, cfg.device, cfg.prompts, cfg.sim_config, cfg.activation,
+                           tuple(cfg.image_size))
     manifest = Manifest(teacher_id=teacher.teacher_id, weights_hash=teacher.weights_hash,
                         image_size=tuple(cfg.image_size), grid=teacher.grid(cfg.image_size), dim=teacher.dim,
                         dataset_version=cfg.version, dataroot=index.dataroot, templates_hash=teacher.templates_hash,
-                        cameras=CAMERAS)
+                        cameras=CAMERAS, activation=teacher.activation)
+    fresh = not (Path(cfg.out) / "manifest.json").exists()
     store = FeatureStore.create(cfg.out, manifest)
-    if not (store.root / "text_embeddings.pt").exists():
-        store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
     mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
     todo = [s for s in mine if not store.is_valid(s["token"])]
     start = time.perf_counter()
-    with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
-        for b in range(0, len(todo), cfg.batch_size):
-            chunk = todo[b:b + cfg.batch_size]
-            for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
-                store.write(sample["token"], feats)
-            bar.advance(len(chunk))
+    try:
+        if not (store.root / "text_embeddings.pt").exists():
+            store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
+        with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
+            for b in range(0, len(todo), cfg.batch_size):
+                chunk = todo[b:b + cfg.batch_size]
+                for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
+                    store.write(sample["token"], feats)
+                bar.advance(len(chunk))
+    except BaseException:
+        if fresh:
+            store.discard_if_empty()
+        raise
     result = {"teacher": teacher.teacher_id, "computed": len(todo), "skipped": len(mine) - len(todo),
               "seconds": time.perf_counter() - start, "store": str(store.root)}
+    if cfg.superpixels:
+        result["superpixels"] = compute_superpixels(index, mine, store.root, cfg.superpixels, cfg.version, cfg.quiet)
     missing = [s["token"] for s in index.samples if not store.is_valid(s["token"])]
     if missing:
         result["complete"] = False
@@ -170,6 +222,23 @@ def precompute(cfg: PrecomputeConfig) -> dict:
     result["complete"] = True
     write_result(store.root / "summary.json", result)
     return result
+
+
+def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path, segments: int, version: str,
+                        quiet: bool = False) -> dict:
+    """SLIC superpixels of every camera image of ``samples`` into the superpixel store beside the features
+    (resumable: samples whose maps are already there and complete are skipped)."""
+    store = SuperpixelStore.create(SuperpixelStore.folder(features, segments),
+                                   SuperpixelManifest(segments=segments, compactness=COMPACTNESS,
+                                                      dataset_version=version, dataroot=index.dataroot,
+                                                      cameras=CAMERAS))
+    sizes = {s["token"]: [c["image_size"] for c in camera_list(s)] for s in samples}
+    todo = [s for s in samples if not store.is_valid(s["token"], sizes[s["token"]])]
+    with progress_bar(f"superpixels ({segments} per image)", len(todo), quiet, unit="samples") as bar:
+        for sample in todo:
+            store.write(sample["token"], sample_superpixels(index.dataroot, sample, segments))
+            bar.advance()
+    return {"segments": segments, "computed": len(todo), "skipped": len(samples) - len(todo), "store": str(store.root)}
 
 
 def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5000, quiet: bool = False,

@@ -1,12 +1,19 @@
-"""The real teacher: CLIP through open_clip, with MaskCLIP dense features.
+"""The real teacher: CLIP through open_clip, with MaskCLIP dense features (docs/teachers.md).
 
-MaskCLIP (Zhou et al., ECCV 2022) reads dense, text-aligned features out of a CLIP ViT by replacing the
-attention of the last block with its value path, so every patch token keeps its own content:
-``v = x + out_proj(W_v ln_1(x))``, ``v = v + mlp(ln_2(v))``, ``f = proj(ln_post(v))``.
+MaskCLIP (Zhou et al., ECCV 2022) reads dense, text-aligned features out of CLIP by keeping only the value path
+of the image tower's last attention, so every spatial position keeps its own content:
+
+- ViT: in the last block ``v = x + out_proj(W_v ln_1(x))``, ``v = v + mlp(ln_2(v))``, ``f = proj(ln_post(v))``;
+- ResNet (RN50, ...): the attention pool's value and output projections at every position of the last stage,
+  ``f = c_proj(v_proj(x))``, without the pool's position embedding.
+
+The model is built with the activation its weights were trained with (OpenAI's weights need QuickGELU), and
+images are normalised with the mean and std of the weights' own preprocessing.
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,8 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ACTIVATIONS = ("gelu", "quick_gelu")
 
 
 def parse_teacher(spec: str) -> tuple[str, str | None]:
@@ -28,21 +34,137 @@ def parse_teacher(spec: str) -> tuple[str, str | None]:
     return name, pretrained or None
 
 
-def load_openclip(spec: str, device: str = "cpu"):
-    """(model, tokenizer, weights_hash) for an ``openclip:`` teacher spec. The model is in eval mode."""
+def vision_family(spec: str, model_cfg: dict) -> str:
+    """``vit`` or ``resnet`` for an open_clip model config whose image tower MaskCLIP supports; a one-line
+    :class:`UserError` for every other family (timm towers, attentional pooling, custom attention blocks)."""
+    vision = model_cfg.get("vision_cfg", {})
+    if vision.get("timm_model_name"):
+        unsupported = f"a timm image tower ({vision['timm_model_name']})"
+    elif isinstance(vision.get("layers"), (list, tuple)):
+        return "resnet"
+    elif vision.get("attentional_pool"):
+        unsupported = "an attentional-pooling image tower (CoCa)"
+    elif vision.get("block_type") or vision.get("scaled_cosine_attn") or vision.get("scale_heads") \
+            or vision.get("qk_norm"):
+        unsupported = "custom attention blocks"
+    else:
+        return "vit"
+    raise UserError(f"teacher '{spec}': {unsupported} is not supported by MaskCLIP dense features; use an OpenAI-style "
+                    f"ViT (e.g. ViT-B-16) or ResNet (e.g. RN50) CLIP")
+
+
+def required_activation(spec: str, model_cfg: dict, pretrained: str | None, requested: str = "auto") -> str:
+    """The MLP activation (``gelu`` or ``quick_gelu``) the teacher's weights need.
+
+    A pretrained tag says it in open_clip's pretrained table (``quick_gelu``); a ``-quickgelu`` model name asks
+    for QuickGELU; a local checkpoint file does not record it, so it needs the ``-quickgelu`` name or an explicit
+    ``requested`` choice. Random weights use the model config's. ``requested`` (``auto``, ``gelu``,
+    ``quick_gelu``) must agree with what the tag or the model name says.
+    """
+    import open_clip
+
+    if requested not in ("auto", *ACTIVATIONS):
+        raise UserError(f"--activation {requested}: choose auto, gelu or quick_gelu")
+    name, _ = parse_teacher(spec)
+    by_name = "quick_gelu" if model_cfg.get("quick_gelu", False) else None
+    tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if tag:
+        needed, source = ("quick_gelu" if tag.get("quick_gelu", False) else "gelu"), f"the weights '{pretrained}'"
+    elif by_name:
+        needed, source = by_name, f"the model name '{name}'"
+    elif pretrained is None:
+        needed, source = "gelu", f"the model config '{name}'"
+    elif Path(pretrained).is_file():
+        if requested == "auto":
+            raise UserError(f"teacher '{spec}': a checkpoint file does not record its MLP activation; pass "
+                            f"--activation quick_gelu for OpenAI-trained weights (or use the model name "
+                            f"'{name}-quickgelu'), or --activation gelu")
+        return requested
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise UserError(f"teacher '{spec}': '{pretrained}' is neither a pretrained tag of {name} "
+                        f"({', '.join(tags) or 'none'}) nor a checkpoint file")
+    if requested not in ("auto", needed):
+        raise UserError(f"--activation {requested}: teacher '{spec}' needs {needed} (so says {source}); drop "
+                        f"--activation or pass --activation {needed}")
+    return needed
+
+
+# ModifiedResNet (open_clip): a stride-2 stem conv, a 2x2 average pool and three stride-2 stages.
+RESNET_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class OpenClipPlan:
+    """What an ``openclip:`` teacher will be, decided from open_clip's configs alone (no weights read)."""
+
+    name: str
+    pretrained: str | None
+    family: str                     # vit or resnet
+    stride: int                     # pixels per dense-feature cell: the ViT patch size, 32 for a ResNet
+    activation: str                 # gelu or quick_gelu
+
+
+def plan_openclip(spec: str, activation: str = "auto") -> OpenClipPlan:
+    """Every refusal of an ``openclip:`` teacher (unknown model, unsupported family, undecidable or contradicted
+    activation), before any weights are downloaded or read."""
     import open_clip
 
     name, pretrained = parse_teacher(spec)
-    if name not in open_clip.list_models():
+    model_cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
+    if model_cfg is None:
         raise UserError(f"teacher '{spec}': open_clip has no model '{name}'; see open_clip.list_models()")
+    family = vision_family(spec, model_cfg)
+    vision = open_clip.model.CLIPVisionCfg(**model_cfg["vision_cfg"])  # fills open_clip's defaults
+    stride = int(vision.patch_size) if family == "vit" else RESNET_STRIDE
+    return OpenClipPlan(name, pretrained, family, stride,
+                        required_activation(spec, model_cfg, pretrained, activation))
+
+
+@dataclass
+class OpenClip:
+    """A loaded open_clip teacher and what precompute needs to know about it."""
+
+    model: torch.nn.Module          # in eval mode
+    tokenizer: object
+    weights_hash: str
+    activation: str                 # gelu or quick_gelu, as built
+    family: str                     # vit or resnet
+    stride: int                     # pixels per dense-feature cell, read from the built image tower
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str              # resize filter of the weights' preprocessing (bicubic, bilinear)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+
+def load_openclip(spec: str, device: str = "cpu", activation: str = "auto") -> OpenClip:
+    """Build an ``openclip:`` teacher with the activation its weights need (see :func:`required_activation`),
+    after :func:`plan_openclip` has refused whatever it cannot be."""
+    import open_clip
+
+    plan = plan_openclip(spec, activation)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        model = open_clip.create_model(plan.name, pretrained=plan.pretrained, device=device,
+                                       force_quick_gelu=plan.activation == "quick_gelu")
     except RuntimeError as err:
+        pretrained = plan.pretrained
         where = f"checkpoint file {pretrained}" if pretrained and Path(pretrained).exists() else f"weights '{pretrained}'"
         raise UserError(f"teacher '{spec}': could not load {where} ({str(err).splitlines()[0]}); download them first "
                         f"or pass a local checkpoint file") from None
     model.eval()
-    return model, open_clip.get_tokenizer(name), weights_hash(model)
+    visual = model.visual
+    if plan.family == "vit":
+        stride = visual.patch_size[0]
+    else:  # the attention pool's position grid covers the native input: its side is image_size / stride
+        side = round((visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5)
+        stride = visual.image_size // side
+    pre = open_clip.get_model_preprocess_cfg(model)
+    return OpenClip(model=model, tokenizer=open_clip.get_tokenizer(plan.name), weights_hash=weights_hash(model),
+                    activation=plan.activation, family=plan.family, stride=int(stride), mean=tuple(pre["mean"]),
+                    std=tuple(pre["std"]), interpolation=pre.get("interpolation", "bicubic"))
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -67,16 +189,21 @@ def _interpolated_positions(pos: torch.Tensor, grid_h: int, grid_w: int) -> torc
 
 @torch.no_grad()
 def dense_features(model, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP dense features.
+    """MaskCLIP dense features of an open_clip CLIP with a ViT or a ResNet image tower.
 
     Args:
-        model: an open_clip CLIP model with a ViT image tower.
-        images: (B, 3, H, W), CLIP-normalised, H and W multiples of the patch size (16 for ViT-B/16).
+        images: (B, 3, H, W), normalised with the weights' mean and std, H and W multiples of the tower's stride
+            (the patch size of a ViT, 32 for a ResNet).
 
     Returns:
-        (B, D, H/16, W/16) features, L2-normalised along D.
+        (B, D, H/stride, W/stride) features, L2-normalised along D.
     """
-    visual = model.visual
+    if hasattr(model.visual, "attnpool"):
+        return _resnet_dense_features(model.visual, images)
+    return _vit_dense_features(model.visual, images)
+
+
+def _vit_dense_features(visual, images: torch.Tensor) -> torch.Tensor:
     x = visual.conv1(images.to(visual.conv1.weight.dtype))
     batch, width, grid_h, grid_w = x.shape
     x = x.flatten(2).transpose(1, 2)
@@ -102,6 +229,15 @@ def dense_features(model, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(v.float(), dim=1)
 
 
+def _resnet_dense_features(visual, images: torch.Tensor) -> torch.Tensor:
+    x = visual.stem(images.to(visual.conv1.weight.dtype))
+    for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = stage(x)
+    pool = visual.attnpool
+    v = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))           # (B, h, w, D)
+    return F.normalize(v.permute(0, 3, 1, 2).float(), dim=1)
+
+
 @torch.no_grad()
 def text_embeddings(model, tokenizer, class_prompts: list[list[str]]) -> torch.Tensor:
     """CLIP text embeddings of classes: each prompt embedded and normalised, averaged per class, re-normalised.
@@ -120,9 +256,10 @@ def text_embeddings(model, tokenizer, class_prompts: list[list[str]]) -> torch.T
     return torch.stack(out)
 
 
-def normalise_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] float images (B, 3, H, W) -> CLIP-normalised float."""
+def normalise_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 or [0, 1] float images (B, 3, H, W) -> float images normalised with the weights' ``mean`` and ``std``."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+

@@ -2,8 +2,8 @@
 
 Layout of a store folder::
 
-    manifest.json          teacher id + weights hash, teacher input size, patch grid, dim, dataset version and
-                           root, prompt-templates hash, camera order
+    manifest.json          teacher id + weights hash + MLP activation, teacher input size, patch grid, dim,
+                           dataset version and root, prompt-templates hash, camera order
     text_embeddings.pt     {"classes", "embeddings" (16, D) float32, "teacher_id", "templates_hash"}
     features/<token>.npy   (cameras, D, gh, gw) float16 patch features of one sample
     summary.json           what precompute measured (written when every sample is present)
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from ..io import atomic_write, atomic_write_json, atomic_torch_save
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: the manifest records the teacher's MLP activation
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ class Manifest:
     dataroot: str
     templates_hash: str
     cameras: tuple[str, ...]
+    activation: str                 # gelu or quick_gelu for open_clip teachers (docs/teachers.md), none for sim-clip
     format: int = STORE_FORMAT
 
     @classmethod
@@ -49,8 +49,8 @@ class Manifest:
 
     def mismatch(self, other: "Manifest") -> str | None:
         """The first field that differs from ``other``, described, or None."""
-        for key in ("format", "teacher_id", "weights_hash", "dataset_version", "image_size", "templates_hash",
-                    "dim", "cameras"):
+        for key in ("format", "teacher_id", "weights_hash", "activation", "dataset_version", "image_size",
+                    "templates_hash", "dim", "cameras"):
             if getattr(self, key) != getattr(other, key):
                 return f"{key} is {getattr(self, key)!r}, expected {getattr(other, key)!r}"
         return None
@@ -86,12 +86,13 @@ class FeatureStore:
         if not path.exists():
             raise UserError(f"{path}: no feature store here; run 'rdistill precompute DATAROOT --out {root}' first")
         try:
-            manifest = Manifest.from_json(json.loads(path.read_text()))
-        except (ValueError, TypeError) as err:
+            data = json.loads(path.read_text())
+            if data.get("format") != STORE_FORMAT:
+                raise UserError(f"{path}: store format {data.get('format')}, this rdistill reads {STORE_FORMAT}; "
+                                f"run precompute again into a new folder")
+            manifest = Manifest.from_json(data)
+        except (ValueError, TypeError, AttributeError) as err:
             raise UserError(f"{path}: unreadable manifest ({err}); delete {root} and run precompute again") from None
-        if manifest.format != STORE_FORMAT:
-            raise UserError(f"{path}: store format {manifest.format}, this rdistill reads {STORE_FORMAT}; "
-                            f"run precompute again into a new folder")
         if teacher is not None and not _same_teacher(manifest.teacher_id, teacher):
             raise UserError(f"{path}: features were made by teacher '{manifest.teacher_id}', not '{teacher}'; "
                             f"pass the matching --teacher or precompute features for '{teacher}'")
@@ -145,33 +146,27 @@ class FeatureStore:
                             f"'{self.manifest.teacher_id}'; run precompute again into a new folder")
         return data["classes"], data["embeddings"]
 
+    def discard_if_empty(self) -> None:
+        """Remove what :meth:`create` and :meth:`write_text_embeddings` wrote while no sample is stored yet (and the
+        folder when that leaves it empty), so a run that fails before its first sample leaves no half-made store."""
+        features = self.root / "features"
+        if features.is_dir() and any(features.glob("*.npy")):
+            return
+        for name in ("manifest.json", "text_embeddings.pt"):
+            (self.root / name).unlink(missing_ok=True)
+        for folder in (features, self.root):
+            try:
+                folder.rmdir()
+            except OSError:  # absent, or holds files that are not ours
+                pass
+
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        """Bytes of the store's own files (not of superpixels kept beside it)."""
+        files = [*self.root.glob("*"), *(self.root / "features").glob("*")]
+        return sum(p.stat().st_size for p in files if p.is_file())
 
 
 def _same_teacher(stored: str, requested: str) -> bool:
     """``sim-clip`` matches any ``sim-clip:<digest>``; otherwise the ids must be equal."""
     return stored == requested or stored.split(":")[0] == requested == "sim-clip"
 
-
-def sample_at_pixels(features: torch.Tensor, camera_index: torch.Tensor, uv: torch.Tensor,
-                     image_sizes: list[tuple[int, int]]) -> torch.Tensor:
-    """Bilinear teacher features at pixels, re-normalised.
-
-    Args:
-        features: (cameras, D, gh, gw) patch features covering each whole image.
-        camera_index: (M,) camera of each pixel; uv: (M, 2) pixel coordinates in that camera's image
-            (centres on integers); image_sizes: (width, height) of each camera's image.
-
-    Returns:
-        (M, D) float32, L2-normalised.
-    """
-    out = torch.empty(len(uv), features.shape[1], dtype=torch.float32)
-    for c in torch.unique(camera_index).tolist():
-        sel = camera_index == c
-        width, height = image_sizes[c]
-        grid = torch.stack([(2 * uv[sel, 0] + 1) / width - 1, (2 * uv[sel, 1] + 1) / height - 1], 1)
-        sampled = F.grid_sample(features[c:c + 1].float(), grid.view(1, 1, -1, 2).float(), mode="bilinear",
-                                padding_mode="border", align_corners=False)
-        out[sel] = sampled[0, :, 0].T
-    return F.normalize(out, dim=1)
