@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from relational_distill.cli import app
 from relational_distill.engine import distill as distill_module
 from relational_distill.engine.distill import distill
-from relational_distill.engine.training import TrainingDiverged, load_checkpoint
+from relational_distill.checkpoint import load_checkpoint
+from relational_distill.engine.training import TrainingDiverged
 
 from .conftest import tiny_distill_config
 
@@ -40,15 +41,17 @@ def test_killed_run_resumes_to_the_same_weights(town, store_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, on_epoch_end=kill)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt").epoch == 1
     resumed = distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, resume=True)
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
-    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt").model
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps))
+    assert [r["event"] for r in rows if "event" in r] == ["resume"]  # appended, nothing emptied
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(town, store_dir, tmp_path, monkeypatch):
@@ -67,7 +70,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(town, store_dir, tmp_path
     monkeypatch.setattr(distill_module, "make_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         distill(town, store_dir, tmp_path / "nan", tiny_distill_config(epochs=3), quiet=True)
-    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt").epoch == 1
 
 
 def test_store_of_another_teacher_is_refused(town, store_dir, tmp_path):
@@ -81,7 +84,7 @@ def test_torchrun_two_processes_end_with_identical_weights(town, store_dir, tmp_
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "relational_distill.cli", "distill", str(town), "--features", str(store_dir), "--out", str(out),
-           "--epochs", "1", "--batch-size", "1", "--num-pairs", "128", "--preset", "small", "--workers", "0", "-q"]
+           "--epochs", "1", "--batch-size", "2", "--num-pairs", "128", "--preset", "small", "--workers", "0", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

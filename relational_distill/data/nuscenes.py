@@ -46,7 +46,16 @@ def load_devkit(dataroot: Path, version: str):
     check_dataroot(dataroot, version)
     from nuscenes import NuScenes
 
-    return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except json.JSONDecodeError as err:  # the devkit does not say which table: find it
+        for table in sorted((Path(dataroot) / version).glob("*.json")):
+            try:
+                json.loads(table.read_text())
+            except json.JSONDecodeError:
+                raise UserError(f"{table}: not valid JSON (truncated?); re-download or regenerate the dataset") from None
+        raise UserError(f"{Path(dataroot) / version}: a table is not valid JSON ({err}); re-download or "
+                        f"regenerate the dataset") from None
 
 
 def lidar_to_camera(nusc, lidar_sample_data_token: str, camera_sample_data_token: str) -> np.ndarray:

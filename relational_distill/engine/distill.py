@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import CheckpointMeta
 from ..data.dataset import PointCloudDataset
+from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
@@ -20,7 +22,8 @@ from .training import LoopConfig, init_distributed, resolve_device, train
 
 @dataclass
 class DistillConfig:
-    """Hyper-parameters of distillation; configs/distill_*.yaml mirror this."""
+    """Hyper-parameters of distillation; configs/distill_*.yaml mirror this. ``batch_size`` is the global batch:
+    under torchrun each process takes ``batch_size / world size`` samples a step (it must divide)."""
 
     loss: str = "relational"
     preset: str = "small"
@@ -55,26 +58,27 @@ class DistillConfig:
             raise UserError(f"relational_p={self.relational_p}: use 1 (L1) or 2 (squared error)")
 
 
-def build_student(meta: dict, device_type: str) -> Student:
+def build_student(meta: CheckpointMeta, device_type: str) -> Student:
     """The student a checkpoint's ``meta`` describes (weights not loaded)."""
-    return Student(meta["out_dim"], meta["preset"], VoxelConfig(**meta["voxel"]), device_type)
+    return Student(meta.out_dim, meta.preset, VoxelConfig(**meta.voxel), device_type)
 
 
 def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = "v1.0-sim",
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-            on_epoch_end=None) -> dict:
+            on_epoch_end=None, overwrite: bool = False) -> dict:
     cfg.check()
     device = resolve_device(device)
     index = load_index(dataroot, version)
-    store = FeatureStore.open(features, teacher=teacher, version=version)
+    fingerprint = dataset_fingerprint(index)
+    store = FeatureStore.open(features, teacher=teacher, version=version, dataset=(index.dataroot, fingerprint))
     train_samples = index.split("train")
     if not train_samples:
         raise UserError(f"{index.dataroot}: no samples in the train split; check the dataset's splits")
     torch.manual_seed(cfg.seed)
     voxel = VoxelConfig(cfg.voxel_size, cfg.voxel_mode)
-    meta = {"kind": "distill", "out_dim": store.manifest.dim, "preset": cfg.preset, "voxel": asdict(voxel),
-            "teacher_id": store.manifest.teacher_id, "features": str(Path(features).resolve()),
-            "dataroot": index.dataroot, "version": version, "config": asdict(cfg)}
+    meta = CheckpointMeta(kind="distill", out_dim=store.manifest.dim, preset=cfg.preset, voxel=asdict(voxel),
+                          teacher_id=store.manifest.teacher_id, features=str(Path(features).resolve()),
+                          dataroot=index.dataroot, version=version, dataset_fingerprint=fingerprint, config=asdict(cfg))
     model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
     dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
                                 cfg.superpixels)
@@ -97,7 +101,7 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
-                      resume=resume, quiet=quiet)
+                      resume=resume, overwrite=overwrite, quiet=quiet)
     result = train(loop, model, [{"params": model.parameters(), "lr": cfg.lr}], cfg.weight_decay, dataset, step,
                    meta, on_epoch_end)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),

@@ -1,4 +1,7 @@
-"""``rdistill precompute``: teacher dense features for every sample, into a validated, resumable store."""
+"""``rdistill precompute``: teacher dense features for every sample, into a validated, resumable store.
+
+A re-run verifies every file against its sha256 and redoes only what is missing or changed; a re-run of a
+finished store whose files all verify only checks, and returns the summary it measured before."""
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +17,16 @@ import yaml
 from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR
 from ..data.dataset import load_sample
+from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
+from ..interrupt import Interrupted
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import write_result
 from ..teachers.store import FeatureStore, Manifest
+from .training import resolve_device
 
 
 def load_prompts(path: Path) -> tuple[list[list[str]], str]:
@@ -136,6 +142,10 @@ class PrecomputeConfig:
 
 def precompute(cfg: PrecomputeConfig) -> dict:
     """Fill the store; when every sample is present, measure the teacher and write ``summary.json``."""
+    start = time.perf_counter()
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size {cfg.batch_size}: must be an integer >= 1")
+    resolve_device(cfg.device)
     index = load_index(cfg.dataroot, cfg.version)
     shard_i, shard_n = cfg.shard
     if not 0 <= shard_i < shard_n:
@@ -143,31 +153,47 @@ def precompute(cfg: PrecomputeConfig) -> dict:
     teacher = make_teacher(cfg.teacher, index, cfg.device, cfg.prompts, cfg.sim_config)
     manifest = Manifest(teacher_id=teacher.teacher_id, weights_hash=teacher.weights_hash,
                         image_size=tuple(cfg.image_size), grid=teacher.grid(cfg.image_size), dim=teacher.dim,
-                        dataset_version=cfg.version, dataroot=index.dataroot, templates_hash=teacher.templates_hash,
+                        dataset_version=cfg.version, dataroot=index.dataroot,
+                        dataset_fingerprint=dataset_fingerprint(index), templates_hash=teacher.templates_hash,
                         cameras=CAMERAS)
     store = FeatureStore.create(cfg.out, manifest)
-    if not (store.root / "text_embeddings.pt").exists():
-        store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
-    mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
-    todo = [s for s in mine if not store.is_valid(s["token"])]
-    start = time.perf_counter()
-    with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
-        for b in range(0, len(todo), cfg.batch_size):
-            chunk = todo[b:b + cfg.batch_size]
-            for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
-                store.write(sample["token"], feats)
-            bar.advance(len(chunk))
+    try:
+        redone_text = store.text_embeddings_problem() is not None
+        if redone_text:
+            store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
+        mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
+        todo = [s for s in mine if not store.is_valid(s["token"])]
+        with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
+            for b in range(0, len(todo), cfg.batch_size):
+                chunk = todo[b:b + cfg.batch_size]
+                for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
+                    store.write(sample["token"], feats)
+                bar.advance(len(chunk))
+    except Interrupted as stop:
+        stop.detail = f"{store.root} keeps every finished sample; run the same command again to finish"
+        raise
     result = {"teacher": teacher.teacher_id, "computed": len(todo), "skipped": len(mine) - len(todo),
-              "seconds": time.perf_counter() - start, "store": str(store.root)}
-    missing = [s["token"] for s in index.samples if not store.is_valid(s["token"])]
+              "store": str(store.root)}
+    done = {s["token"] for s in mine}
+    missing = [s["token"] for s in index.samples if s["token"] not in done and not store.is_valid(s["token"])]
     if missing:
-        result["complete"] = False
-        result["missing"] = len(missing)
-        return result
+        return {**result, "complete": False, "missing": len(missing), "seconds": time.perf_counter() - start}
+    changed = store.record_files([s["token"] for s in index.samples])
+    previous = _read_summary(store.root / "summary.json")
+    if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
+        return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
     result.update(teacher_summary(index, store, cfg.summary_per_class, cfg.quiet))
-    result["complete"] = True
+    result.update(complete=True, seconds=time.perf_counter() - start)
     write_result(store.root / "summary.json", result)
     return result
+
+
+def _read_summary(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("complete") else None
 
 
 def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5000, quiet: bool = False,
