@@ -136,7 +136,7 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     result = run(PrecomputeConfig(dataroot=dataroot, out=out, teacher=teacher, version=version,
                                   image_size=_parse_size(image_size), device=device, shard=_parse_shard(shard),
                                   batch_size=batch_size, prompts=prompts, quiet=quiet))
-    stdout.print(f"computed {result['computed']} samples, skipped {result['skipped']} already stored "
+    stdout.print(f"computed {result['computed']} samples, kept {result['skipped']} already stored (sha256 verified) "
                  f"({result['seconds']:.1f} s)")
     if not result["complete"]:
         stdout.print(f"{result['missing']} samples still missing (other shards?); run again to finish")

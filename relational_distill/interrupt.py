@@ -1,8 +1,14 @@
 """Ctrl-C and SIGTERM as one clean stop: both raise :class:`Interrupted` in the main thread, so ``finally``
 blocks and atomic writes finish their cleanup and each command says what it leaves behind
-(docs/reliability.md)."""
+(docs/reliability.md).
+
+Python drops an exception raised by a signal handler while it runs certain callbacks (an at-fork hook, a
+``__del__``), so the handler also records the request, raises nothing while the process forks (a DataLoader
+starting its workers: an exception there would be dropped and could leave a lock held), and long loops call
+:func:`check` at each step: a stop asked for is never lost."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -27,8 +33,28 @@ class Interrupted(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+_requested: list[int] = []  # signals received since stop_on_signals() began
+_forking = [False]          # True between the at-fork hooks (a plain flag: no lock may be taken there)
+
+
+def _set_forking(value: bool) -> None:
+    _forking[0] = value
+
+
+os.register_at_fork(before=lambda: _set_forking(True), after_in_parent=lambda: _set_forking(False),
+                    after_in_child=lambda: _set_forking(False))
+
+
 def _raise(signum: int, frame) -> None:
-    raise Interrupted(signum)
+    _requested.append(signum)
+    if not _forking[0]:
+        raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise :class:`Interrupted` if a stop was asked for (call it once per step of a long loop)."""
+    if _requested:
+        raise Interrupted(_requested[0])
 
 
 @contextmanager
@@ -38,11 +64,13 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _raise) for s in STOP_SIGNALS}
+    _requested.clear()
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _requested.clear()
 
 
 def ignore_signals_in_worker() -> None:

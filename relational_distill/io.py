@@ -21,8 +21,10 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # e.g. ENOSPC from write or fsync: name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

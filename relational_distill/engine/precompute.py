@@ -21,7 +21,7 @@ from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
-from ..interrupt import Interrupted
+from ..interrupt import Interrupted, check as check_interrupt
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import write_result
@@ -158,20 +158,28 @@ def precompute(cfg: PrecomputeConfig) -> dict:
                         cameras=CAMERAS)
     store = FeatureStore.create(cfg.out, manifest)
     try:
-        redone_text = store.text_embeddings_problem() is not None
-        if redone_text:
-            store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
-        mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
-        todo = [s for s in mine if not store.is_valid(s["token"])]
-        with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
-            for b in range(0, len(todo), cfg.batch_size):
-                chunk = todo[b:b + cfg.batch_size]
-                for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
-                    store.write(sample["token"], feats)
-                bar.advance(len(chunk))
+        return _fill(cfg, index, teacher, store, start)
     except Interrupted as stop:
         stop.detail = f"{store.root} keeps every finished sample; run the same command again to finish"
         raise
+
+
+def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureStore, start: float) -> dict:
+    """Write what this shard lacks (or what changed), then, once the store is complete, record every file's hash
+    in the manifest and measure the teacher; a complete store whose files all verify keeps its summary."""
+    shard_i, shard_n = cfg.shard
+    redone_text = store.text_embeddings_problem() is not None
+    if redone_text:
+        store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
+    mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
+    todo = [s for s in mine if not store.is_valid(s["token"])]
+    with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
+        for b in range(0, len(todo), cfg.batch_size):
+            chunk = todo[b:b + cfg.batch_size]
+            for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
+                store.write(sample["token"], feats)
+            bar.advance(len(chunk))
+            check_interrupt()
     result = {"teacher": teacher.teacher_id, "computed": len(todo), "skipped": len(mine) - len(todo),
               "store": str(store.root)}
     done = {s["token"] for s in mine}
@@ -207,6 +215,7 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
             feats.append(item["pair_teacher"])
             labels.append(item["labels"][item["pair_point"]])
             bar.advance()
+            check_interrupt()
     q, y = torch.cat(feats), torch.cat(labels)
     _, text = store.text_embeddings()
     labelled = y > 0

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..data.dataset import collate
 from ..errors import UserError
-from ..interrupt import Interrupted
-from ..progress import console, progress_bar
+from ..interrupt import Interrupted, check as check_interrupt
+from ..progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -166,7 +167,7 @@ def _open_run(out: Path, resume: bool, overwrite: bool, main: bool) -> Checkpoin
     if holds_run and overwrite and main:
         ckpt_path.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
-        console.print(f"--overwrite: starting again in {out}; removed its earlier {CHECKPOINT} and {LOG}")
+        print(f"--overwrite: starting again in {out}; removed its earlier {CHECKPOINT} and {LOG}", file=sys.stderr)
     return None  # resuming a run killed before its first checkpoint starts it again and appends to its log
 
 
@@ -265,8 +266,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
         log_file.write(json.dumps({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed}) + "\n")
         log_file.flush()
         if changed:
-            console.print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
-                          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+            print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
     try:
         with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar:
             bar.advance(step)
@@ -300,6 +301,7 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                                                    "time": round(time.perf_counter() - started, 3)}) + "\n")
                         log_file.flush()
                     bar.advance(info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
+                    check_interrupt()
                 epoch_losses.append({"epoch": epoch, "mean_loss": float(np.mean(losses))})
                 if not _all_ranks(_finite_weights(model), dinfo, cfg.device):
                     raise TrainingDiverged(f"the weights became NaN or infinite in epoch {epoch} although the loss "

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ...classes import fine_category_names
 from ...errors import UserError
-from ...interrupt import Interrupted, ignore_signals_in_worker
+from ...interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
 from ..geometry import euler_to_matrix, make_transform, matrix_to_quaternion
 from .layout import ANNOTATED, PROFILES, generate_scene
 from ..nuscenes import CAMERAS
@@ -256,6 +256,7 @@ def make_town(out: Path, cfg: SimConfig, workers: int = 2,
                     tables.setdefault(name, []).extend(rows)
                 if progress:
                     progress(done, cfg.scenes)
+                check_interrupt()
         tables.update(_static_tables(cfg, [r["token"] for r in tables["log"]]))
         table_dir = tmp / cfg.version
         table_dir.mkdir(parents=True, exist_ok=True)
