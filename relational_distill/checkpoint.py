@@ -106,7 +106,10 @@ def load_checkpoint(path: Path, kinds: tuple[str, ...] = KINDS) -> Checkpoint:
     if data["format"] != FORMAT:
         raise UserError(f"{path}: checkpoint format {data['format']!r}, this rdistill reads format {FORMAT}; "
                         f"run the command that made it again with this rdistill")
-    stored = data.pop("digest", None)
+    if set(data) != {"format", "meta", "model", "epoch", "step", "training", "digest"}:
+        raise UserError(f"{path}: not an rdistill checkpoint (keys {', '.join(sorted(map(str, data)))}); pass a "
+                        f"checkpoint.pt written by 'rdistill distill' or 'finetune'")
+    stored = data.pop("digest")
     if stored != digest(data):
         raise UserError(f"{path}: its content changed after it was written (sha256 mismatch); the file is corrupt, "
                         f"restore it or run the command that made it again")

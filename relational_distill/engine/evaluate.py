@@ -28,8 +28,12 @@ def load_student(checkpoint: Path, device: str) -> tuple[torch.nn.Module, Checkp
     from .distill import build_student
 
     state = load_checkpoint(checkpoint)
-    model = build_student(state.meta, "cuda" if device.startswith("cuda") else "cpu")
-    model.load_state_dict(state.model)
+    try:
+        model = build_student(state.meta, "cuda" if device.startswith("cuda") else "cpu")
+        model.load_state_dict(state.model)
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise UserError(f"{checkpoint}: its weights do not fit the student its meta describes "
+                        f"({str(err).splitlines()[0]}); the checkpoint is corrupt") from None
     return model.to(device).eval(), state.meta
 
 
