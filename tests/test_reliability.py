@@ -105,7 +105,8 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, command):
     assert not (tmp_path / "ft").exists()
 
 
-@pytest.mark.parametrize("damage", ["random bytes", "truncated", "flipped byte", "no format", "older format"])
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "flipped byte", "no format", "older format",
+                                    "weights do not fit"])
 def test_damaged_checkpoint_is_one_line(run, tmp_path, damage):
     ckpt = copy_run(run, tmp_path) / "checkpoint.pt"
     data = bytearray(ckpt.read_bytes())
@@ -121,11 +122,19 @@ def test_damaged_checkpoint_is_one_line(run, tmp_path, damage):
         ckpt.write_bytes(data)
     elif damage == "no format":
         torch.save({"model": {}, "meta": {}}, ckpt)
-    else:  # rdistill 0.1 stored the numpy RNG state as an ndarray: not loadable with weights_only
+    elif damage == "older format":  # rdistill 0.1 stored the numpy RNG state as an ndarray: not weights-only
         torch.save({"model": {}, "rng": {"numpy": np.random.get_state()}}, ckpt)
+    else:  # a well-formed checkpoint whose meta names another student than its weights
+        from dataclasses import replace
+
+        from relational_distill.checkpoint import save_checkpoint
+
+        state = load_checkpoint(ckpt)
+        save_checkpoint(ckpt, replace(state.meta, preset="minkunet34"), state.model, state.epoch, state.step)
     before = ckpt.read_bytes()
     expected = {"random bytes": "nothing in it was run", "truncated": "truncated", "flipped byte": "sha256",
-                "no format": "no format version", "older format": "older rdistill"}[damage]
+                "no format": "no format version", "older format": "older rdistill",
+                "weights do not fit": "do not fit the student"}[damage]
     one_line(runner.invoke(app, ["evaluate", str(ckpt), "--zero-shot", "-q"]), 2, str(ckpt), expected)
     assert ckpt.read_bytes() == before
 
@@ -155,6 +164,21 @@ def test_resume_with_nothing_to_resume(town, store_dir, tiny_config, tmp_path):
                             "--config", str(tiny_config), "--resume", "-q"])
     one_line(r, 2, "nothing to resume")
     assert not out.exists()
+
+
+def test_log_of_a_run_killed_before_its_first_checkpoint_is_appended_to(town, store_dir, tiny_config, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = "".join(f'{{"step": {s}, "epoch": 0, "loss": 99.0}}\n' for s in range(1, 6)) + '{"step": 6, "ep'
+    (out / "log.jsonl").write_text(earlier)  # 5 steps and a line cut short by the kill; the new run has 2 steps
+    r = runner.invoke(app, ["distill", str(town), "--features", str(store_dir), "--out", str(out),
+                            "--config", str(tiny_config), "-q"])
+    assert r.exit_code == 0, r.output
+    log = (out / "log.jsonl").read_text()
+    assert log.startswith(earlier) and '\n{"event": "start"}\n' in log
+    new = [json.loads(x)["loss"] for x in log.split('{"event": "start"}\n')[1].splitlines()]
+    result = json.loads((out / "distill.json").read_text())
+    assert len(new) == 2 and result["epochs"] == [{"epoch": 0, "mean_loss": pytest.approx(np.mean(new), rel=1e-12)}]
 
 
 def test_overwrite_starts_again_and_says_so(run, town, store_dir, tiny_config, tmp_path):

@@ -129,7 +129,8 @@ def parameter_checksum(model: torch.nn.Module) -> str:
 def _epoch_means(log_path: Path) -> list[dict]:
     """Mean loss per epoch from the step log, so a resumed run reports its earlier epochs too.
 
-    The log is append-only: a step redone after a resume appears twice, and its last line counts. Lines
+    The log is append-only: a step redone after a resume appears twice, and its last line counts; a ``start``
+    event (a run started again after a kill before its first checkpoint) begins the count anew. Other lines
     without a loss (resume events, evaluations logged by ``on_epoch_end``) are skipped."""
     rows: dict[int, dict] = {}
     for line in log_path.read_text().splitlines():
@@ -137,7 +138,11 @@ def _epoch_means(log_path: Path) -> list[dict]:
             row = json.loads(line)
         except ValueError:  # a line cut short by a kill
             continue
-        if isinstance(row, dict) and "loss" in row and "step" in row:
+        if not isinstance(row, dict):
+            continue
+        if row.get("event") == "start":
+            rows.clear()
+        elif "loss" in row and "step" in row:
             rows[row["step"]] = row
     losses: dict[int, list[float]] = {}
     for row in rows.values():
@@ -153,22 +158,23 @@ def require_resumable(out: Path) -> None:
 
 
 def _open_run(out: Path, resume: bool, overwrite: bool, main: bool) -> Checkpoint | None:
-    """The checkpoint to continue from, or None for a new run; refuses to write over a run by accident."""
+    """The checkpoint to continue from, or None for a new run; refuses to write over a run by accident.
+
+    A folder holds a run when it has a checkpoint. A log alone (a run killed before its first checkpoint) has
+    nothing to lose: a new run appends to it after a ``start`` event."""
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    holds_run = ckpt_path.exists() or log_path.exists()
-    if resume and ckpt_path.exists():
+    if ckpt_path.exists() and resume:
         return load_checkpoint(ckpt_path)
-    if holds_run and not (resume or overwrite):
-        what = ckpt_path if ckpt_path.exists() else log_path
-        raise UserError(f"{out} holds a run ({what.name}); pass --resume to continue it, --overwrite to start "
+    if ckpt_path.exists() and not overwrite:
+        raise UserError(f"{out} holds a run ({CHECKPOINT}); pass --resume to continue it, --overwrite to start "
                         f"again (it deletes that run), or choose another --out folder")
-    if holds_run and overwrite and main:
+    if overwrite and main and (ckpt_path.exists() or log_path.exists()):
         ckpt_path.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
         print(f"--overwrite: starting again in {out}; removed its earlier {CHECKPOINT} and {LOG}", file=sys.stderr)
-    return None  # resuming a run killed before its first checkpoint starts it again and appends to its log
+    return None
 
 
 def resume_changes(old: CheckpointMeta, new: CheckpointMeta, path: Path) -> dict[str, list]:
@@ -262,8 +268,12 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     started = time.perf_counter()
     samples_seen = 0
     log_file = open(log_path, "a") if dinfo.main else None
-    if log_file and previous:
-        log_file.write(json.dumps({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed}) + "\n")
+    if log_file and log_file.tell() > 0 and not log_path.read_bytes().endswith(b"\n"):
+        log_file.write("\n")  # a line cut short by a kill stays alone on its line
+    if log_file and (previous or log_file.tell() > 0):
+        event = {"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else \
+            {"event": "start"}
+        log_file.write(json.dumps(event) + "\n")
         log_file.flush()
         if changed:
             print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
