@@ -1,6 +1,7 @@
 """The ``rdistill`` command line. Thin: parse options, build a config, call one engine function."""
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -9,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from .errors import UserError
+from .errors import UserError, user_message
+from .interrupt import Interrupted, stop_on_signals
 from .report import print_table, stdout, write_result
 
 app = typer.Typer(help="Distill a 2D foundation model (CLIP) into a sparse 3D lidar backbone, and evaluate it.",
@@ -21,16 +23,32 @@ DATASET = typer.Option(None, "--dataset", help="nuscenes or semantickitti (defau
                                                "layout).")
 
 
+# OSErrors that are the user's environment, not a bug: a read-only, full or forbidden output folder.
+_ENVIRONMENT_ERRNOS = {errno.EACCES: "choose a folder you can write to", errno.EPERM: "choose a folder you can write to",
+                       errno.EROFS: "choose a writable folder", errno.ENOSPC: "free disk space or choose another folder",
+                       errno.EDQUOT: "free disk space or choose another folder"}
+
+
 def user_errors(fn):
-    """Turn a :class:`UserError` into one line on stderr and exit code 2."""
+    """Turn a :class:`UserError` (or a read-only / full disk) into one line on stderr and exit code 2, and
+    Ctrl-C / SIGTERM into one line saying what was kept, exit code 128 + signal (docs/reliability.md)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with stop_on_signals():
+                return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {user_message(err)}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            print(f"error: {err.filename or 'output'}: {err.strerror}; {_ENVIRONMENT_ERRNOS[err.errno]}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except Interrupted as stop:
+            print(f"interrupted ({stop.name}): {stop.detail or 'stopped'}", file=sys.stderr)
+            raise typer.Exit(stop.exit_code) from None
 
     return wrapper
 
@@ -141,7 +159,7 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                                   image_size=_parse_size(image_size), device=device, shard=_parse_shard(shard),
                                   batch_size=batch_size, prompts=prompts, activation=activation,
                                   superpixels=superpixels, quiet=quiet))
-    stdout.print(f"computed {result['computed']} samples, skipped {result['skipped']} already stored "
+    stdout.print(f"computed {result['computed']} samples, kept {result['skipped']} already stored (sha256 verified) "
                  f"({result['seconds']:.1f} s)")
     if "superpixels" in result:
         sp = result["superpixels"]
@@ -167,7 +185,8 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
             features: Path = typer.Option(..., help="Feature store made by 'rdistill precompute'."),
             out: Path = typer.Option(..., help="Run folder: checkpoint.pt, log.jsonl, distill.json."),
             loss: Optional[str] = typer.Option(None, help="contrastive, similarity or relational (default relational)."),
-            config: Optional[Path] = typer.Option(None, help="YAML of DistillConfig fields, e.g. configs/distill_cpu.yaml."),
+            config: Optional[Path] = typer.Option(None, help="YAML of DistillConfig fields: a path, or the name of a "
+                                                             "shipped config (distill_cpu, distill_gpu)."),
             version: str = VERSION,
             teacher: Optional[str] = typer.Option(None, help="Refuse a store made by another teacher than this."),
             epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
@@ -181,16 +200,21 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
             use_test_scenes: bool = typer.Option(False, "--use-test-scenes",
                                                  help="With --version v1.0-test: distill on the held-out test scenes."),
+            overwrite: bool = typer.Option(False, help="Start again in an OUT that holds a run (deletes it)."),
             quiet: bool = QUIET) -> None:
     """Distill the teacher into the sparse 3D student with one loss (multi-GPU / multi-node: run under torchrun)."""
     from .config import load_config
     from .engine.distill import DistillConfig, distill as run
+    from .engine.training import require_resumable
+
+    if resume:
+        require_resumable(out)
 
     cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
                                               "seed": seed, "workers": workers, "eval_every": eval_every})
     result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet,
-                 use_test_scenes=use_test_scenes)
+                 use_test_scenes=use_test_scenes, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
@@ -208,12 +232,13 @@ def _print_evaluation(result: dict) -> None:
     _print_notes(result)
     if result.get("predictions"):
         stdout.print(f"predictions ({result['predictions']['files']} files) in {result['predictions']['folder']}")
-    if result["miou"] is None:
+    if result["miou"] is None and "miou_null_reason" not in result:
         stdout.print(f"split '{result['split']}' has no labels: predictions written, nothing scored")
         return
     rows = [(name, "absent" if iou is None else iou) for name, iou in result["per_class_iou"].items()]
     print_table(f"{result['mode']} segmentation on {result['split']} ({result['samples']} samples){label}",
-                ["class", "IoU"], rows + [("mIoU", result["miou"])])
+                ["class", "IoU"], rows + [("mIoU", result["miou"] if result["miou"] is not None
+                                           else f"none: {result['miou_null_reason']}")])
     if result["absent_classes"]:
         stdout.print(f"{result['miou_convention']}: {', '.join(result['absent_classes'])}")
 
@@ -226,6 +251,8 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
                                                   "own zero-shot mIoU at the lidar-paired points (the ceiling)."),
              dataroot: Optional[Path] = typer.Option(None, help="Evaluate on another dataset than the checkpoint's."),
              version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
+             features: Optional[Path] = typer.Option(None, help="Feature store of the text embeddings (default: the "
+                                                                "checkpoint's), e.g. after moving it."),
              split: str = typer.Option("val"), device: str = typer.Option("cpu"),
              out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint or store)."),
              dataset: Optional[str] = DATASET,
@@ -243,7 +270,8 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
         result = evaluate_teacher(teacher, dataroot, version, split, quiet)
         path = out or Path(teacher) / f"teacher_zero_shot_{split}.json"
     else:
-        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions)
+        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions,
+                     features=features)
         path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
     _print_evaluation(result)
     write_result(path, result)
@@ -255,7 +283,8 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
 def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled checkpoint.pt (omit with --from-scratch)."),
              out: Path = typer.Option(..., help="Run folder: checkpoint.pt, log.jsonl, finetune.json."),
              fraction: Optional[float] = typer.Option(None, help="Share of training scenes: 0.01, 0.05, 0.1, 0.25, 1.0."),
-             config: Optional[Path] = typer.Option(None, help="YAML of FinetuneConfig fields, e.g. configs/finetune_cpu.yaml."),
+             config: Optional[Path] = typer.Option(None, help="YAML of FinetuneConfig fields: a path, or the name of "
+                                                              "a shipped config (finetune_cpu, linear_probe_cpu)."),
              linear_probe: bool = typer.Option(False, "--linear-probe", help="Frozen backbone, linear head."),
              from_scratch: bool = typer.Option(False, "--from-scratch", help="Random initialisation baseline."),
              lovasz: bool = typer.Option(False, "--lovasz", help="Add the Lovasz-softmax loss."),
@@ -265,16 +294,22 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
              epochs: Optional[int] = typer.Option(None),
              batch_size: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
              workers: Optional[int] = typer.Option(None), device: str = typer.Option("cpu"),
-             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."), quiet: bool = QUIET) -> None:
+             resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+             overwrite: bool = typer.Option(False, help="Start again in an OUT that holds a run (deletes it)."),
+             quiet: bool = QUIET) -> None:
     """Few-shot semantic segmentation from a distilled backbone; --linear-probe and --from-scratch baselines."""
     from .config import load_config
     from .engine.finetune import FinetuneConfig, finetune as run
+    from .engine.training import require_resumable
+
+    if resume:
+        require_resumable(out)
 
     cfg = load_config(FinetuneConfig, config, {"fraction": fraction, "epochs": epochs, "batch_size": batch_size,
                                                "seed": seed, "workers": workers,
                                                "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
                                                "lovasz": lovasz or None})
-    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet, dataset)
+    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet, dataset, overwrite=overwrite)
     if "evaluation" in result:
         used = (f"{len(result['train_frames'])} frames" if "train_frames" in result
                 else f"{len(result['train_scenes'])} scenes")
@@ -290,12 +325,16 @@ def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt
             metrics: str = typer.Option("uniformity,tolerance,gap", help="Comma-separated: uniformity, tolerance, gap."),
             per_class: int = typer.Option(5000, help="Features sampled per class (Fig. 1 protocol)."),
             split: str = typer.Option("val"), out: Optional[Path] = typer.Option(None, help="Output folder."),
+            features: Optional[Path] = typer.Option(None, help="Feature store (default: the checkpoint's), e.g. after "
+                                                               "moving it."),
+            dataroot: Optional[Path] = typer.Option(None, help="Dataset (default: the checkpoint's), e.g. after moving it."),
+            version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
             device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
     """Uniformity, tolerance and modality gap of the 3D features against the teacher's 2D features, with a PCA plot."""
     from .engine.analyze import analyze as run
 
     result = run(checkpoint, tuple(m.strip() for m in metrics.split(",") if m.strip()), per_class, split, out,
-                 device, quiet)
+                 device, quiet, features=features, dataroot=dataroot, version=version)
     rows = []
     for name, key in (("uniformity U", "uniformity"), ("tolerance T", "tolerance")):
         if f"{key}_3d" in result:

@@ -35,11 +35,37 @@ def write_result(path: Path, result: dict) -> Path:
 
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
-    """The rows of a run's log.jsonl: (training steps with a loss, evaluations written by --eval-every)."""
+    """The rows of a run's log.jsonl that describe its current state: (training steps with a loss, evaluations
+    written by distill --eval-every), each in step order.
+
+    The log is append-only (docs/reliability.md), so this reader applies what its event lines mean: a ``start``
+    event (a run started again after a kill before its first checkpoint) drops every row before it; a ``resume``
+    event at step s drops the rows after step s (steps the killed run did after its last checkpoint, and their
+    evaluations), which the resumed run writes again; of two rows of one kind at the same step the last counts. A
+    line cut short by a kill and lines without a step are skipped."""
     import json
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_zero_shot_miou" in r]
+    steps: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        if row.get("event") == "start":
+            steps.clear()
+            evals.clear()
+        elif row.get("event") == "resume":
+            for rows in (steps, evals):
+                for s in [s for s in rows if s > row["step"]]:
+                    del rows[s]
+        elif "step" in row and "loss" in row:
+            steps[row["step"]] = row
+        elif "step" in row and "val_zero_shot_miou" in row:
+            evals[row["step"]] = row
+    return [steps[s] for s in sorted(steps)], [evals[s] for s in sorted(evals)]
 
 
 def plot_runs(runs: Sequence[Path], path: Path, smooth: int = 10) -> Path:

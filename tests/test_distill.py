@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from relational_distill.cli import app
 from relational_distill.engine import distill as distill_module
 from relational_distill.engine.distill import distill
-from relational_distill.engine.training import TrainingDiverged, load_checkpoint
+from relational_distill.checkpoint import load_checkpoint
+from relational_distill.engine.training import TrainingDiverged
 
 from .conftest import tiny_distill_config
 
@@ -40,15 +41,17 @@ def test_killed_run_resumes_to_the_same_weights(town, store_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, on_epoch_end=kill)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt").epoch == 1
     resumed = distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, resume=True)
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
-    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt").model
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt").model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps))
+    assert [r["event"] for r in rows if "event" in r] == ["resume"]  # appended, nothing emptied
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(town, store_dir, tmp_path, monkeypatch):
@@ -67,7 +70,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(town, store_dir, tmp_path
     monkeypatch.setattr(distill_module, "make_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         distill(town, store_dir, tmp_path / "nan", tiny_distill_config(epochs=3), quiet=True)
-    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt").epoch == 1
 
 
 def test_store_of_another_teacher_is_refused(town, store_dir, tmp_path):
@@ -81,7 +84,7 @@ def test_torchrun_two_processes_end_with_identical_weights(town, store_dir, tmp_
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "relational_distill.cli", "distill", str(town), "--features", str(store_dir), "--out", str(out),
-           "--epochs", "1", "--batch-size", "1", "--num-pairs", "128", "--preset", "small", "--workers", "0", "-q"]
+           "--epochs", "1", "--batch-size", "2", "--num-pairs", "128", "--preset", "small", "--workers", "0", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,3 +120,50 @@ def test_slidr_superpixel_contrastive_trains_from_stored_superpixels(town, store
     assert result["steps"] > 0 and all(e["mean_loss"] > 0 for e in result["epochs"])
     with pytest.raises(Exception, match="contrastive only"):
         distill(town, features, tmp_path / "bad", tiny_distill_config(loss="relational", superpixels=30), quiet=True)
+
+
+def test_log_reader_applies_resume_and_start_events(tmp_path):
+    """report.read_log on an append-only log: a resume at step s drops the rows after s written before it (steps
+    and --eval-every rows alike), a redone step counts once with its last line, a start event drops all before it."""
+    from relational_distill.report import read_log
+
+    def ev(step: int, epoch: int, miou: float) -> dict:
+        return {"step": step, "epoch": epoch, "val_zero_shot_miou": miou, "uniformity": 1.0, "tolerance": 0.5,
+                "modality_gap": 0.1}
+
+    lines = [{"step": 1, "epoch": 0, "loss": 5.0}, {"step": 2, "epoch": 0, "loss": 4.0}, ev(2, 0, 0.1),
+             {"step": 3, "epoch": 1, "loss": 9.0}, {"step": 4, "epoch": 1, "loss": 9.0}, ev(4, 1, 0.9)]
+    text = "".join(json.dumps(x) + "\n" for x in lines) + '{"step": 5, "ep\n'  # killed before epoch 1's checkpoint
+    text += json.dumps({"event": "resume", "epoch": 1, "step": 2, "changed": {}}) + "\n"
+    text += "".join(json.dumps(x) + "\n" for x in [{"step": 3, "epoch": 1, "loss": 3.0},
+                                                    {"step": 4, "epoch": 1, "loss": 2.0}, ev(4, 1, 0.2)])
+    path = tmp_path / "log.jsonl"
+    path.write_text(text)
+    steps, evals = read_log(path)
+    assert [(r["step"], r["loss"]) for r in steps] == [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.0)]
+    assert [(r["step"], r["val_zero_shot_miou"]) for r in evals] == [(2, 0.1), (4, 0.2)]
+    path.write_text(text + '{"event": "start"}\n' + json.dumps({"step": 1, "epoch": 0, "loss": 7.0}) + "\n")
+    assert read_log(path) == ([{"step": 1, "epoch": 0, "loss": 7.0}], [])
+
+
+def test_eval_every_rows_survive_a_kill_and_resume(town, store_dir, tmp_path):
+    from relational_distill.report import plot_runs, read_log
+
+    cfg = tiny_distill_config(loss="relational", epochs=2, eval_every=1)
+
+    def kill(epoch):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # after epoch 0's checkpoint and evaluation
+        distill(town, store_dir, tmp_path / "run", cfg, quiet=True, on_epoch_end=kill)
+    resumed = distill(town, store_dir, tmp_path / "run", cfg, quiet=True, resume=True)
+    steps, evals = read_log(tmp_path / "run" / "log.jsonl")
+    per_epoch = resumed["steps"] // 2
+    assert [r["step"] for r in steps] == list(range(1, resumed["steps"] + 1))
+    assert [(r["step"], r["epoch"]) for r in evals] == [(per_epoch, 0), (2 * per_epoch, 1)]
+    assert all(set(r) == {"step", "epoch", "val_zero_shot_miou", "uniformity", "tolerance", "modality_gap"}
+               for r in evals)
+    assert all(0.0 <= r["val_zero_shot_miou"] <= 1.0 for r in evals)
+    means = [sum(r["loss"] for r in steps if r["epoch"] == e) / per_epoch for e in (0, 1)]
+    assert [e["mean_loss"] for e in resumed["epochs"]] == pytest.approx(means, rel=1e-12)
+    assert plot_runs([tmp_path / "run"], tmp_path / "curves.png").stat().st_size > 0

@@ -7,6 +7,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from relational_distill.checkpoint import load_checkpoint
 from relational_distill.cli import app
 from relational_distill.data.nuscenes import load_index
 from relational_distill.engine.analyze import analyze
@@ -89,8 +90,8 @@ def test_linear_probe_keeps_backbone_frozen(distilled, tmp_path):
 
     cfg = FinetuneConfig(fraction=1.0, epochs=1, batch_size=1, workers=0, linear_probe=True)
     finetune(distilled, tmp_path / "lp", cfg, quiet=True)
-    before = torch.load(distilled, weights_only=False)["model"]
-    after = torch.load(tmp_path / "lp" / "checkpoint.pt", weights_only=False)["model"]
+    before = load_checkpoint(distilled).model
+    after = load_checkpoint(tmp_path / "lp" / "checkpoint.pt").model
     for key, value in before.items():
         if key.startswith("backbone."):
             torch.testing.assert_close(after[key], value, rtol=0, atol=0)

@@ -287,3 +287,27 @@ def test_bad_input_training_without_labels(kitti, tmp_path):
     r = runner.invoke(app, ["finetune", "--from-scratch", "--dataroot", str(copy), "--fraction", "1.0",
                             "--out", str(tmp_path / "ft"), "-q"])
     _one_line_error(r, str(copy / "sequences/00/labels"), "training")
+
+
+def test_finetuned_checkpoint_records_its_dataset_and_fingerprint(kitti, tmp_path):
+    """The one checkpoint format on SemanticKITTI: the meta names the dataset, the head's 19 classes and the
+    dataset's fingerprint, which follows the .label files (docs/reliability.md) but not the folder's location."""
+    from relational_distill.checkpoint import load_checkpoint
+    from relational_distill.data.fingerprint import dataset_fingerprint
+
+    cfg = FinetuneConfig(fraction=1.0, epochs=0, batch_size=1, workers=0, from_scratch=True)
+    finetune(None, tmp_path / "ft", cfg, dataroot=kitti, quiet=True)
+    meta = load_checkpoint(tmp_path / "ft" / "checkpoint.pt").meta
+    index = open_index(kitti, "v1.0-sim")
+    assert meta.dataset == "semantickitti" and meta.version == "semantickitti"
+    assert meta.class_names == list(learning_map().class_names) and len(meta.class_names) == meta.out_dim == 19
+    assert meta.dataset_fingerprint == dataset_fingerprint(index)
+    moved = tmp_path / "moved"
+    shutil.copytree(kitti, moved)
+    assert dataset_fingerprint(open_index(moved, "v1.0-sim")) == meta.dataset_fingerprint
+    label = moved / "sequences" / "00" / "labels" / "000001.label"
+    label.write_bytes(label.read_bytes()[:-4])
+    assert dataset_fingerprint(open_index(moved, "v1.0-sim")) != meta.dataset_fingerprint
+    label.unlink()
+    with pytest.raises(UserError, match="000001.label: missing"):
+        dataset_fingerprint(open_index(moved, "v1.0-sim"))

@@ -55,7 +55,16 @@ def load_devkit(dataroot: Path, version: str):
     check_dataroot(dataroot, version)
     from nuscenes import NuScenes
 
-    return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except json.JSONDecodeError as err:  # the devkit does not say which table: find it
+        for table in sorted((Path(dataroot) / version).glob("*.json")):
+            try:
+                json.loads(table.read_text())
+            except json.JSONDecodeError:
+                raise UserError(f"{table}: not valid JSON (truncated?); re-download or regenerate the dataset") from None
+        raise UserError(f"{Path(dataroot) / version}: a table is not valid JSON ({err}); re-download or "
+                        f"regenerate the dataset") from None
 
 
 def lidar_to_camera(nusc, lidar_sample_data_token: str, camera_sample_data_token: str) -> np.ndarray:
@@ -125,8 +134,12 @@ class DatasetIndex:
         """(N, 5) float32 points of the sample (x, y, z metres, intensity 0-255, ring)."""
         return read_lidar(self.dataroot, sample["lidar"])
 
+    def label_file(self, sample: dict) -> str | None:
+        """The sample's label file, relative to the dataroot, or None without labels."""
+        return sample.get("lidarseg") or None
+
     def has_labels(self, sample: dict) -> bool:
-        return bool(sample.get("lidarseg"))
+        return self.label_file(sample) is not None
 
     def read_labels(self, sample: dict, num_points: int) -> np.ndarray | None:
         """(N,) int64 evaluation classes 0..16 (0 = ignore), or None for a sample without lidarseg labels."""

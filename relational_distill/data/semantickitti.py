@@ -190,8 +190,11 @@ class SemanticKittiIndex(DatasetIndex):
         points[:, 3] *= REMISSION_SCALE
         return points
 
+    def label_file(self, sample: dict) -> str | None:
+        return sample.get("labels")
+
     def has_labels(self, sample: dict) -> bool:
-        return sample.get("labels") is not None
+        return self.label_file(sample) is not None
 
     def read_raw_labels(self, sample: dict, num_points: int) -> np.ndarray:
         """(N,) uint32 label entries of the sample (semantic id in the low 16 bits, instance in the high 16)."""

@@ -2,6 +2,7 @@
 (the paper's Fig. 1 protocol): uniformity, tolerance, modality gap, and a PCA plot coloured by class."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from ..classes import CLASS_NAMES
 from ..data.dataset import load_sample
+from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import load_index
 from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
@@ -25,17 +27,23 @@ METRICS = ("uniformity", "tolerance", "gap")
 
 @torch.no_grad()
 def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", max_pairs_per_sample: int = 4000,
-                    quiet: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """Student 3D features K, teacher 2D features Q of the same lidar-pixel pairs, and the points' labels."""
+                    quiet: bool = False, seed: int = 0, features: Path | None = None, dataroot: Path | None = None,
+                    version: str | None = None):
+    """Student 3D features K, teacher 2D features Q of the same lidar-pixel pairs, the points' labels and the
+    checkpoint's meta. ``features`` / ``dataroot`` / ``version`` override those recorded in the checkpoint."""
     model, meta = load_student(checkpoint, device)
-    if meta["kind"] != "distill":
+    if meta.kind != "distill":
         raise UserError(f"{checkpoint}: analyze compares distilled features with the teacher's; this checkpoint is "
-                        f"'{meta['kind']}'")
-    store = FeatureStore.open(meta["features"], teacher=meta["teacher_id"])
-    index = load_index(meta["dataroot"], meta["version"])
+                        f"'{meta.kind}'")
+    index = load_index(dataroot or meta.dataroot, version or meta.version)
+    store = FeatureStore.open(features or meta.features, teacher=meta.teacher_id, version=index.version,
+                              dataset=(index.dataroot, dataset_fingerprint(index)))
     rng = np.random.default_rng(seed)
     ks, qs, ys = [], [], []
     samples = index.split(split)
+    if not samples:
+        raise UserError(f"{index.dataroot}: no samples in split '{split}'")
+    index.require_labels(samples, f"analyzing split '{split}'")
     with progress_bar(f"features ({split})", len(samples), quiet, unit="samples") as bar:
         for sample in samples:
             item = load_sample(index, sample, store, max_pairs=max_pairs_per_sample, rng=rng)
@@ -48,17 +56,19 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
 
 
 def analyze(checkpoint: Path, metrics: tuple[str, ...] = METRICS, per_class: int = 5000, split: str = "val",
-            out: Path | None = None, device: str = "cpu", quiet: bool = False, plot: bool = True) -> dict:
+            out: Path | None = None, device: str = "cpu", quiet: bool = False, plot: bool = True,
+            features: Path | None = None, dataroot: Path | None = None, version: str | None = None) -> dict:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     device = resolve_device(device)
-    k, q, y, meta = paired_features(checkpoint, split, device, quiet=quiet)
+    k, q, y, meta = paired_features(checkpoint, split, device, quiet=quiet, features=features, dataroot=dataroot,
+                                    version=version)
     pick = sample_per_class(y, per_class)
     k, q, y = k[pick], q[pick], y[pick]
     result: dict = {"checkpoint": str(checkpoint), "split": split, "features_per_class": per_class,
-                    "features": int(len(pick)), "teacher": meta["teacher_id"],
-                    "synthetic": is_synthetic_town(meta["dataroot"]),
+                    "features": int(len(pick)), "teacher": meta.teacher_id,
+                    "synthetic": is_synthetic_town(dataroot or meta.dataroot),
                     "class_counts": {CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)}}
     if "uniformity" in metrics:
         result["uniformity_3d"] = uniformity(k, block_size=4096)
@@ -68,6 +78,9 @@ def analyze(checkpoint: Path, metrics: tuple[str, ...] = METRICS, per_class: int
         result["tolerance_2d"] = tolerance(q, y)
     if "gap" in metrics:
         result["modality_gap"] = modality_gap(k, q)
+    for key in [k for k, v in result.items() if isinstance(v, float) and math.isnan(v)]:
+        result[key] = None  # JSON has no NaN: null, with the reason
+        result.setdefault("null_reasons", {})[key] = "undefined on these features (too few features per class)"
     out = Path(out) if out else Path(checkpoint).parent / "analysis"
     if plot:
         result["plot"] = str(pca_plot(k, q, y, out / "analysis.png", result))

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import CheckpointMeta
 from ..data.dataset import PointCloudDataset, load_sample
+from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import load_index
 from ..data.sim.writer import is_synthetic_town
 from ..data.splits import distill_samples
@@ -21,19 +23,20 @@ from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
 from ..teachers.store import FeatureStore
 from .evaluate import point_outputs, segmentation_confusion, segmentation_result
-from .training import LOG, LoopConfig, init_distributed, resolve_device, train
+from .training import LOG, LoopConfig, init_distributed, resolve_device, steps_per_epoch, train
 
 
 @dataclass
 class DistillConfig:
-    """Hyper-parameters of distillation; configs/distill_*.yaml mirror this."""
+    """Hyper-parameters of distillation; configs/distill_*.yaml mirror this. ``batch_size`` is the global batch:
+    under torchrun each process takes ``batch_size / world size`` samples a step (it must divide)."""
 
     loss: str = "relational"
     preset: str = "small"
     epochs: int = 10
     batch_size: int = 2
     num_pairs: int | None = 4096     # pairs per batch fed to the loss (N); None: every pair of the batch
-    pairs_per_sample: int = 8192     # pairs loaded per sample before the per-batch draw
+    pairs_per_sample: int | None = 8192  # pairs loaded per sample before the per-batch draw; None: every pair
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -64,18 +67,19 @@ class DistillConfig:
             raise UserError(f"relational_p={self.relational_p}: use 1 (L1) or 2 (squared error)")
 
 
-def build_student(meta: dict, device_type: str) -> Student:
+def build_student(meta: CheckpointMeta, device_type: str) -> Student:
     """The student a checkpoint's ``meta`` describes (weights not loaded)."""
-    return Student(meta["out_dim"], meta["preset"], VoxelConfig(**meta["voxel"]), device_type)
+    return Student(meta.out_dim, meta.preset, VoxelConfig(**meta.voxel), device_type)
 
 
 def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = "v1.0-sim",
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-            on_epoch_end=None, use_test_scenes: bool = False) -> dict:
+            on_epoch_end=None, use_test_scenes: bool = False, overwrite: bool = False) -> dict:
     cfg.check()
     device = resolve_device(device)
     index = load_index(dataroot, version)
-    store = FeatureStore.open(features, teacher=teacher, version=version)
+    fingerprint = dataset_fingerprint(index)
+    store = FeatureStore.open(features, teacher=teacher, version=version, dataset=(index.dataroot, fingerprint))
     superpixels = (SuperpixelStore.open(SuperpixelStore.folder(features, cfg.superpixels), cfg.superpixels, version)
                    if cfg.superpixels else None)
     train_samples = distill_samples(index, use_test_scenes)
@@ -83,9 +87,10 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
         raise UserError(f"{index.dataroot}: no samples in the train split; check the dataset's splits")
     torch.manual_seed(cfg.seed)
     voxel = VoxelConfig(cfg.voxel_size, cfg.voxel_mode)
-    meta = {"kind": "distill", "out_dim": store.manifest.dim, "preset": cfg.preset, "voxel": asdict(voxel),
-            "teacher_id": store.manifest.teacher_id, "features": str(Path(features).resolve()),
-            "dataroot": index.dataroot, "version": version, "config": asdict(cfg)}
+    meta = CheckpointMeta(kind="distill", out_dim=store.manifest.dim, preset=cfg.preset, voxel=asdict(voxel),
+                          teacher_id=store.manifest.teacher_id, features=str(Path(features).resolve()),
+                          dataroot=index.dataroot, version=version, dataset_fingerprint=fingerprint,
+                          dataset=index.dataset, config=asdict(cfg))
     model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
     dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
                                 superpixels)
@@ -108,11 +113,12 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
 
     monitor = None
     if cfg.eval_every and init_distributed(device).main:
-        monitor = ValMonitor(index, store, device)
+        monitor = ValMonitor(index, store, meta, device)
 
     def on_epoch(epoch: int) -> None:
         if monitor and (epoch + 1) % cfg.eval_every == 0:
-            steps_done = (epoch + 1) * (len(train_samples) // init_distributed(device).world // cfg.batch_size)
+            world = init_distributed(device).world
+            steps_done = (epoch + 1) * steps_per_epoch(len(train_samples), cfg.batch_size, world)
             row = {"step": steps_done, "epoch": epoch, **monitor(model)}
             with open(Path(out) / LOG, "a") as log:
                 log.write(json.dumps(row) + "\n")
@@ -121,7 +127,7 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
-                      resume=resume, quiet=quiet)
+                      resume=resume, overwrite=overwrite, quiet=quiet)
     result = train(loop, model, [{"params": model.parameters(), "lr": cfg.lr}], cfg.weight_decay, dataset, step,
                    meta, on_epoch)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
@@ -133,11 +139,12 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
 
 class ValMonitor:
     """What ``--eval-every`` logs: zero-shot mIoU on every val point, and U / T / G of the student's features
-    against the teacher's on a fixed sample of val pairs (at most ``per_class`` pairs of each class)."""
+    against the teacher's on a fixed sample of val pairs (at most ``per_class`` pairs of each class). ``meta`` is
+    the run's checkpoint meta (a distill one)."""
 
-    def __init__(self, index, store: FeatureStore, device: str, split: str = "val", per_class: int = 500,
-                 pairs_per_sample: int = 2000, seed: int = 0) -> None:
-        self.index, self.device = index, device
+    def __init__(self, index, store: FeatureStore, meta: CheckpointMeta, device: str, split: str = "val",
+                 per_class: int = 500, pairs_per_sample: int = 2000, seed: int = 0) -> None:
+        self.index, self.meta, self.device = index, meta, device
         self.samples = index.split(split)
         if not self.samples:
             raise UserError(f"{index.dataroot}: --eval-every needs samples in the '{split}' split")
@@ -153,8 +160,7 @@ class ValMonitor:
     def __call__(self, model: Student) -> dict:
         was_training = model.training
         model.eval()
-        meta = {"kind": "distill"}
-        conf = segmentation_confusion(model, meta, self.index, self.samples, self.text, self.device)
+        conf = segmentation_confusion(model, self.meta, self.index, self.samples, self.text, self.device)
         k = torch.cat([F.normalize(point_outputs(model, it["points"].to(self.device)), dim=1)[it["pair_point"]].cpu()
                        for it in self.items])[self.pick]
         model.train(was_training)

@@ -9,19 +9,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data.dataset import PointCloudDataset
 from ..data.datasets import open_index
+from ..data.fingerprint import dataset_fingerprint
 from ..data.splits import few_shot_samples, require_labels
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
 from .evaluate import evaluate
-from .training import LoopConfig, init_distributed, load_checkpoint, resolve_device, train
+from .training import LoopConfig, init_distributed, resolve_device, train
 
 
 @dataclass
 class FinetuneConfig:
-    """Hyper-parameters of finetuning; configs/finetune_*.yaml mirror this."""
+    """Hyper-parameters of finetuning; configs/finetune_*.yaml mirror this. ``batch_size`` is the global batch
+    (per torchrun process: ``batch_size / world size``)."""
 
     fraction: float = 0.01         # share of training scenes kept (1 %, 5 %, 10 %, 25 %, 100 %)
     epochs: int = 10
@@ -67,22 +70,19 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: Path | None = None,
              version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-             dataset: str | None = None) -> dict:
+             dataset: str | None = None, overwrite: bool = False) -> dict:
     cfg.check()
     device = resolve_device(device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    source_meta: dict = {}
+    source = None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        source_meta = state["meta"]
-        if source_meta["kind"] != "distill":
-            raise UserError(f"{checkpoint}: finetune starts from a distilled checkpoint, this one is '{source_meta['kind']}'")
+        source = load_checkpoint(checkpoint, kinds=("distill",))
     elif not cfg.from_scratch:
         raise UserError("finetune needs a distilled CHECKPOINT, or --from-scratch for the random-init baseline")
-    if dataroot is None and not source_meta:
+    if dataroot is None and source is None:
         raise UserError("--dataroot is required with --from-scratch")
-    dataroot = Path(dataroot or source_meta["dataroot"])
-    version = version or source_meta.get("version", "v1.0-sim")
+    dataroot = Path(dataroot or source.meta.dataroot)
+    version = version or (source.meta.version if source else "v1.0-sim")
     require_labels(version, "finetune")
     index = open_index(dataroot, version, dataset)
     train_samples, selection = few_shot_samples(index, cfg.fraction)
@@ -90,12 +90,12 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
         raise UserError(f"{index.dataroot}: no training samples; check the dataset's splits")
     index.require_labels(train_samples, "training")
     num_classes = len(index.class_names)
-    preset = source_meta.get("preset", cfg.preset) if not cfg.from_scratch else cfg.preset
-    voxel = VoxelConfig(**source_meta["voxel"]) if source_meta else VoxelConfig()
+    preset = source.meta.preset if source and not cfg.from_scratch else cfg.preset
+    voxel = VoxelConfig(**source.meta.voxel) if source else VoxelConfig()
     torch.manual_seed(cfg.seed)
     model = Student(num_classes, preset, voxel, device_type)
     if not cfg.from_scratch:
-        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+        backbone = {k[len("backbone."):]: v for k, v in source.model.items() if k.startswith("backbone.")}
         model.backbone.load_state_dict(backbone)
     if cfg.linear_probe:
         for p in model.backbone.parameters():
@@ -104,10 +104,12 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     else:
         groups = [{"params": model.backbone.parameters(), "lr": cfg.lr_backbone},
                   {"params": model.head.parameters(), "lr": cfg.lr_head}]
-    meta = {"kind": "linear_probe" if cfg.linear_probe else "finetune", "out_dim": num_classes, "preset": preset,
-            "voxel": asdict(voxel), "dataroot": index.dataroot, "version": index.version, "dataset": index.dataset,
-            "source_checkpoint": str(checkpoint) if checkpoint else None, "config": asdict(cfg),
-            "teacher_id": source_meta.get("teacher_id", "none")}
+    meta = CheckpointMeta(kind="linear_probe" if cfg.linear_probe else "finetune", out_dim=num_classes,
+                          preset=preset, voxel=asdict(voxel), dataroot=index.dataroot, version=index.version,
+                          dataset_fingerprint=dataset_fingerprint(index), dataset=index.dataset,
+                          class_names=list(index.class_names),
+                          source_checkpoint=str(checkpoint) if checkpoint else None, config=asdict(cfg),
+                          teacher_id=source.meta.teacher_id if source else "none")
     train_data = PointCloudDataset(index, train_samples, None, augment=cfg.augment, seed=cfg.seed)
 
     def step(model, batch, step_no):
@@ -123,10 +125,10 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
-                      resume=resume, quiet=quiet)
+                      resume=resume, overwrite=overwrite, quiet=quiet)
     result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta)
     result.update({"train_samples": len(train_samples), **selection,
-                   "fraction": cfg.fraction, "mode": meta["kind"], "from_scratch": cfg.from_scratch,
+                   "fraction": cfg.fraction, "mode": meta.kind, "from_scratch": cfg.from_scratch,
                    "dataset": index.dataset, "notes": list(index.notes), "config": asdict(cfg)})
     if init_distributed(device).main:
         result["evaluation"] = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)

@@ -1,4 +1,7 @@
-"""``rdistill precompute``: teacher dense features for every sample, into a validated, resumable store."""
+"""``rdistill precompute``: teacher dense features for every sample, into a validated, resumable store.
+
+A re-run verifies every file against its sha256 and redoes only what is missing or changed; a re-run of a
+finished store whose files all verify only checks, and returns the summary it measured before."""
 from __future__ import annotations
 
 import hashlib
@@ -14,15 +17,18 @@ import yaml
 from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR
 from ..data.dataset import load_sample
+from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
 from ..data.sim.writer import is_synthetic_town
 from ..data.superpixels import COMPACTNESS, SuperpixelManifest, SuperpixelStore, sample_superpixels
 from ..errors import UserError
+from ..interrupt import Interrupted, check as check_interrupt
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import write_result
 from ..teachers.store import FeatureStore, Manifest
 from .evaluate import segmentation_result, teacher_confusion
+from .training import resolve_device
 
 
 def load_prompts(path: Path) -> tuple[list[list[str]], str]:
@@ -175,9 +181,14 @@ class PrecomputeConfig:
 def precompute(cfg: PrecomputeConfig) -> dict:
     """Fill the store; when every sample is present, measure the teacher and write ``summary.json``.
 
-    Everything that can be refused (teacher, activation, image size) is checked before the store is created, and
-    a new store that fails before its first sample is removed again, so no half-made store is left behind.
+    Everything that can be refused (device, teacher, activation, image size) is checked before the store is
+    created, and a new store that fails before its first sample is removed again, so no half-made store is left
+    behind.
     """
+    start = time.perf_counter()
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size {cfg.batch_size}: must be an integer >= 1")
+    resolve_device(cfg.device)
     index = load_index(cfg.dataroot, cfg.version)
     shard_i, shard_n = cfg.shard
     if not 0 <= shard_i < shard_n:
@@ -188,38 +199,54 @@ def precompute(cfg: PrecomputeConfig) -> dict:
                            tuple(cfg.image_size))
     manifest = Manifest(teacher_id=teacher.teacher_id, weights_hash=teacher.weights_hash,
                         image_size=tuple(cfg.image_size), grid=teacher.grid(cfg.image_size), dim=teacher.dim,
-                        dataset_version=cfg.version, dataroot=index.dataroot, templates_hash=teacher.templates_hash,
+                        dataset_version=cfg.version, dataroot=index.dataroot,
+                        dataset_fingerprint=dataset_fingerprint(index), templates_hash=teacher.templates_hash,
                         cameras=CAMERAS, activation=teacher.activation)
     fresh = not (Path(cfg.out) / "manifest.json").exists()
     store = FeatureStore.create(cfg.out, manifest)
-    mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
-    todo = [s for s in mine if not store.is_valid(s["token"])]
-    start = time.perf_counter()
     try:
-        if not (store.root / "text_embeddings.pt").exists():
-            store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
-        with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
-            for b in range(0, len(todo), cfg.batch_size):
-                chunk = todo[b:b + cfg.batch_size]
-                for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
-                    store.write(sample["token"], feats)
-                bar.advance(len(chunk))
-    except BaseException:
+        return _fill(cfg, index, teacher, store, start)
+    except BaseException as err:
         if fresh:
             store.discard_if_empty()
+        if isinstance(err, Interrupted):
+            err.detail = (f"{store.root} keeps every finished sample; run the same command again to finish"
+                          if (store.root / "manifest.json").exists() else f"nothing was written to {store.root}")
         raise
+
+
+def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureStore, start: float) -> dict:
+    """Write what this shard lacks (or what changed), and the superpixels when asked; then, once the store is
+    complete, record every file's hash in the manifest and measure the teacher; a complete store whose files all
+    verify keeps its summary."""
+    shard_i, shard_n = cfg.shard
+    redone_text = store.text_embeddings_problem() is not None
+    if redone_text:
+        store.write_text_embeddings(list(CLASS_NAMES), teacher.text_embeddings())
+    mine = [s for i, s in enumerate(index.samples) if i % shard_n == shard_i]
+    todo = [s for s in mine if not store.is_valid(s["token"])]
+    with progress_bar(f"precompute {teacher.teacher_id}", len(todo), cfg.quiet, unit="samples") as bar:
+        for b in range(0, len(todo), cfg.batch_size):
+            chunk = todo[b:b + cfg.batch_size]
+            for sample, feats in zip(chunk, teacher.features(chunk, cfg.image_size)):
+                store.write(sample["token"], feats)
+            bar.advance(len(chunk))
+            check_interrupt()
     result = {"teacher": teacher.teacher_id, "computed": len(todo), "skipped": len(mine) - len(todo),
-              "seconds": time.perf_counter() - start, "store": str(store.root)}
+              "store": str(store.root)}
     if cfg.superpixels:
         result["superpixels"] = compute_superpixels(index, mine, store.root, cfg.superpixels, cfg.version, cfg.quiet)
-    missing = [s["token"] for s in index.samples if not store.is_valid(s["token"])]
+    done = {s["token"] for s in mine}
+    missing = [s["token"] for s in index.samples if s["token"] not in done and not store.is_valid(s["token"])]
     if missing:
-        result["complete"] = False
-        result["missing"] = len(missing)
-        return result
+        return {**result, "complete": False, "missing": len(missing), "seconds": time.perf_counter() - start}
+    changed = store.record_files([s["token"] for s in index.samples])
+    previous = _read_summary(store.root / "summary.json")
+    if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
+        return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
     result.update(teacher_summary(index, store, cfg.summary_per_class, cfg.quiet))
     result.update(teacher_ceiling(index, store, cfg.quiet))
-    result["complete"] = True
+    result.update(complete=True, seconds=time.perf_counter() - start)
     write_result(store.root / "summary.json", result)
     return result
 
@@ -238,7 +265,14 @@ def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path
         for sample in todo:
             store.write(sample["token"], sample_superpixels(index.dataroot, sample, segments))
             bar.advance()
+            check_interrupt()
     return {"segments": segments, "computed": len(todo), "skipped": len(samples) - len(todo), "store": str(store.root)}
+def _read_summary(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("complete") else None
 
 
 def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5000, quiet: bool = False,
@@ -252,6 +286,7 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
             feats.append(item["pair_teacher"])
             labels.append(item["labels"][item["pair_point"]])
             bar.advance()
+            check_interrupt()
     q, y = torch.cat(feats), torch.cat(labels)
     _, text = store.text_embeddings()
     labelled = y > 0
@@ -272,6 +307,7 @@ def teacher_ceiling(index: DatasetIndex, store: FeatureStore, quiet: bool = Fals
         return {"teacher_zero_shot_miou": None,
                 "teacher_zero_shot_note": f"no labelled samples in split '{split}'"}
     res = segmentation_result(teacher_confusion(index, samples, store, quiet), index)
+    note = {"teacher_zero_shot_note": res["miou_null_reason"]} if res["miou"] is None else {}
     return {"teacher_zero_shot_miou": res["miou"], "teacher_zero_shot_split": split,
-            "teacher_zero_shot_per_class_iou": res["per_class_iou"]}
+            "teacher_zero_shot_per_class_iou": res["per_class_iou"], **note}
 

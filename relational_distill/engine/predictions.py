@@ -17,23 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import CheckpointMeta
 from ..data.nuscenes import DatasetIndex, eval_set_name
 from ..data.semantickitti import learning_map
 from ..io import atomic_write_json
 
 
-def submission_meta(meta: dict) -> dict:
+def submission_meta(meta: CheckpointMeta) -> dict:
     """The nuScenes-lidarseg ``meta`` block for a checkpoint's ``meta``. At test time the student reads the lidar
     only (cameras are used to train it, which the challenge allows); a backbone distilled from a pretrained
     image model (CLIP) carries external data, so ``use_external`` is true unless it was trained from scratch."""
     return {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
-            "use_external": meta.get("teacher_id", "none") != "none"}
+            "use_external": meta.teacher_id != "none"}
 
 
 class PredictionWriter:
     """Collects one split's predictions (:meth:`add`) and moves them into place (:meth:`commit`)."""
 
-    def __init__(self, index: DatasetIndex, split: str, out: Path, meta: dict) -> None:
+    def __init__(self, index: DatasetIndex, split: str, out: Path, meta: CheckpointMeta) -> None:
         self.index, self.out, self.meta = index, Path(out), meta
         self.eval_set = eval_set_name(index.version, split)
         self.tmp = self.out / f".partial-{os.getpid()}"

@@ -1,15 +1,21 @@
 """The training loop shared by distill and finetune: optimiser and cosine schedule, atomic checkpoints with
 optimiser / scheduler / RNG state, resume, a JSON-lines log, NaN/inf detection, mixed precision on CUDA and
-DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+A run folder is never destroyed by accident, and its last checkpoint is always a good one (docs/reliability.md):
+writing into a folder that holds a run needs ``resume`` or ``overwrite``; settings changed on resume are applied
+and logged or refused; the loss and the weights are checked for NaN/inf on every rank before a checkpoint is
+written; the log is only ever appended to.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
-import random
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,13 +24,18 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..data.dataset import collate
 from ..errors import UserError
-from ..io import atomic_torch_save
+from ..interrupt import Interrupted, check as check_interrupt
 from ..progress import progress_bar
+from ..report import read_log
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+# Settings a resumed run may change (applied from the next step, and logged); any other change is refused.
+CHANGEABLE_ON_RESUME = ("epochs", "lr", "lr_backbone", "lr_head", "weight_decay", "warmup_fraction", "workers",
+                        "eval_every", "dataroot", "features", "source_checkpoint")
 
 
 class TrainingDiverged(UserError):
@@ -35,13 +46,14 @@ class TrainingDiverged(UserError):
 class LoopConfig:
     out: Path
     epochs: int
-    batch_size: int
+    batch_size: int                  # global: per process = batch_size / world size
     optimizer: str = "adamw"
     warmup_fraction: float = 0.05
     seed: int = 0
     device: str = "cpu"
     workers: int = 1
-    resume: bool = False
+    resume: bool = False             # continue the run in ``out`` if it holds one
+    overwrite: bool = False          # start again in a folder that holds a run (deletes it)
     quiet: bool = False
 
 
@@ -68,6 +80,10 @@ def init_distributed(device: str) -> Distributed:
 
 
 def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked; under torchrun each process gets its local GPU."""
+    kind, _, number = device.partition(":")
+    if kind not in ("cpu", "cuda") or (number and (kind == "cpu" or not number.isdigit())):
+        raise UserError(f"--device {device}: choose cpu, cuda or cuda:N (e.g. cuda:0)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -102,16 +118,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_f
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def parameter_checksum(model: torch.nn.Module) -> str:
     """SHA-1 of the learnable weights (not BatchNorm running statistics, which each DDP rank keeps locally)."""
     h = hashlib.sha1()
@@ -122,76 +128,147 @@ def parameter_checksum(model: torch.nn.Module) -> str:
 
 
 def _epoch_means(log_path: Path) -> list[dict]:
-    """Mean loss per epoch from the step log, so a resumed run reports its earlier epochs too."""
+    """Mean loss per epoch from the step log (as :func:`..report.read_log` reads it), so a resumed run reports its
+    earlier epochs too."""
     losses: dict[int, list[float]] = {}
-    for line in log_path.read_text().splitlines():
-        row = json.loads(line) if line else {}
-        if "loss" in row:  # evaluation rows (distill --eval-every) carry no loss
-            losses.setdefault(row["epoch"], []).append(row["loss"])
+    for row in read_log(log_path)[0]:
+        losses.setdefault(row["epoch"], []).append(row["loss"])
     return [{"epoch": e, "mean_loss": float(np.mean(v))} for e, v in sorted(losses.items())]
 
 
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such checkpoint; pass a checkpoint.pt written by 'rdistill distill' or 'finetune'")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); it may be truncated") from None
+def steps_per_epoch(samples: int, batch_size: int, world: int) -> int:
+    """Optimiser steps in one epoch of ``samples`` for a global ``batch_size`` over ``world`` processes."""
+    return samples // world // (batch_size // world)
+
+
+def require_resumable(out: Path) -> None:
+    """``--resume`` needs a checkpoint in ``out`` (docs/reliability.md)."""
+    if not (Path(out) / CHECKPOINT).is_file():
+        raise UserError(f"--resume: {Path(out) / CHECKPOINT} does not exist, there is nothing to resume; "
+                        f"drop --resume to start a new run in {out}")
+
+
+def _open_run(out: Path, resume: bool, overwrite: bool, main: bool) -> Checkpoint | None:
+    """The checkpoint to continue from, or None for a new run; refuses to write over a run by accident.
+
+    A folder holds a run when it has a checkpoint. A log alone (a run killed before its first checkpoint) has
+    nothing to lose: a new run appends to it after a ``start`` event."""
+    ckpt_path, log_path = out / CHECKPOINT, out / LOG
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if ckpt_path.exists() and resume:
+        return load_checkpoint(ckpt_path)
+    if ckpt_path.exists() and not overwrite:
+        raise UserError(f"{out} holds a run ({CHECKPOINT}); pass --resume to continue it, --overwrite to start "
+                        f"again (it deletes that run), or choose another --out folder")
+    if overwrite and main and (ckpt_path.exists() or log_path.exists()):
+        ckpt_path.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+        print(f"--overwrite: starting again in {out}; removed its earlier {CHECKPOINT} and {LOG}", file=sys.stderr)
+    return None
+
+
+def resume_changes(old: CheckpointMeta, new: CheckpointMeta, path: Path) -> dict[str, list]:
+    """Settings (meta fields and config keys) that differ between a checkpoint and the resumed run, as
+    ``{key: [old, new]}``; refuses (one line) a change that resuming cannot honour."""
+    pairs = {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in fields(CheckpointMeta) if f.name != "config"}
+    pairs.update({k: (old.config.get(k), new.config.get(k)) for k in sorted(set(old.config) | set(new.config))})
+    changed = {}
+    for key, (before, after) in pairs.items():
+        if before == after:
+            continue
+        if key not in CHANGEABLE_ON_RESUME:
+            raise UserError(f"{path}: the run was made with {key}={before!r}, not {after!r}; resume it with "
+                            f"{key}={before!r} (changeable on resume: {', '.join(CHANGEABLE_ON_RESUME)}), "
+                            f"or pass --overwrite to start again")
+        changed[key] = [before, after]
+    return changed
+
+
+def _all_ranks(flag: bool, dinfo: Distributed, device: str) -> bool:
+    """True when ``flag`` holds on every rank, so that all ranks take the same decision together."""
+    if dinfo.world == 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() == 0.0)
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
-          dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: dict,
+          dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: CheckpointMeta,
           on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss.
 
-    Writes ``checkpoint.pt`` (atomically, after every epoch), ``log.jsonl`` (one line per step) and returns a
-    result dict. With ``cfg.resume`` it continues from the checkpoint in ``cfg.out``. ``meta`` is stored in
-    the checkpoint (what evaluation needs to rebuild the model).
+    Writes ``checkpoint.pt`` (atomically, after every epoch whose weights are finite on every rank) and appends
+    to ``log.jsonl`` (one line per step, one per resume); returns a result dict. ``cfg.batch_size`` is the global
+    batch: each of the ``torchrun`` processes takes ``batch_size / world size`` samples a step. With
+    ``cfg.resume`` it continues from the checkpoint in ``cfg.out`` if there is one; ``meta`` is stored in the
+    checkpoint (what evaluation needs to rebuild the model) and compared with the checkpoint's on resume.
+    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint.
     """
     dinfo = init_distributed(cfg.device)
     out = Path(cfg.out)
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
+    if cfg.batch_size % dinfo.world:
+        raise UserError(f"batch_size {cfg.batch_size} is the global batch (per process = batch_size / world size); "
+                        f"make it a multiple of the {dinfo.world} processes")
+    batch_size = cfg.batch_size // dinfo.world
+    previous = _open_run(out, cfg.resume, cfg.overwrite, dinfo.main)
+    changed = resume_changes(previous.meta, meta, ckpt_path) if previous else {}
     if dinfo.main:
         out.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = len(dataset) // dinfo.world // cfg.batch_size
-    if steps_per_epoch == 0 and cfg.epochs > 0:
-        raise UserError(f"{len(dataset)} training samples for batch size {cfg.batch_size} x {dinfo.world} processes; "
+    epoch_steps = steps_per_epoch(len(dataset), cfg.batch_size, dinfo.world)
+    if epoch_steps == 0 and cfg.epochs > 0:
+        raise UserError(f"{len(dataset)} training samples for a global batch of {cfg.batch_size}; "
                         f"lower --batch-size or add data")
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
+    total_steps = max(1, epoch_steps * cfg.epochs)
+    new_lrs = [group["lr"] for group in param_groups]
+    if previous:
+        model.load_state_dict(previous.model)
+    model.to(cfg.device)  # before the optimiser state is loaded: load_state_dict puts it on the parameters' device
     optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
     use_amp = cfg.device.startswith("cuda")  # float16 autocast (spconv's fast kernels) with loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_fraction)
     start_epoch, step = 0, 0
-    if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
+    if previous:
+        state = previous.training
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"], state["step"]
-        if dinfo.main and log_path.exists():  # drop log lines written after the checkpoint
-            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
-    elif dinfo.main and log_path.exists():
-        log_path.unlink()
-    model.to(cfg.device)
+        set_rng_state(state["rng"])
+        start_epoch, step = previous.epoch, previous.step
+        if changed:  # the loaded states carry the old learning rates and weight decay: apply the new ones
+            scheduler.base_lrs = list(new_lrs)
+            for group, base, factor in zip(optimizer.param_groups, new_lrs, scheduler.lr_lambdas):
+                group.update(initial_lr=base, lr=base * factor(scheduler.last_epoch), weight_decay=weight_decay)
     ddp_model = model
     if dinfo.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if cfg.device == "cpu" else [cfg.device])
 
     def save(epochs_done: int, steps_done: int) -> None:
-        atomic_torch_save(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                      "rng": _rng_state(), "epoch": epochs_done, "step": steps_done, "meta": meta})
+        training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng_state()}
+        save_checkpoint(ckpt_path, meta, model.state_dict(), epochs_done, steps_done, training)
 
     epoch_losses = []
     started = time.perf_counter()
     samples_seen = 0
     log_file = open(log_path, "a") if dinfo.main else None
+    if log_file and log_file.tell() > 0 and not log_path.read_bytes().endswith(b"\n"):
+        log_file.write("\n")  # a line cut short by a kill stays alone on its line
+    if log_file and (previous or log_file.tell() > 0):
+        event = {"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else \
+            {"event": "start"}
+        log_file.write(json.dumps(event) + "\n")
+        log_file.flush()
+        if changed:
+            print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
     try:
         with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar:
             bar.advance(step)
@@ -199,25 +276,25 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(epoch)
                 order = epoch_order(len(dataset), cfg.seed, epoch, dinfo)
-                loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, collate_fn=collate,
+                loader = DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
                                     num_workers=cfg.workers, drop_last=True, persistent_workers=False)
                 model.train()
                 losses = []
                 for batch in loader:
                     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                         loss = step_fn(ddp_model, batch, step)
-                    if not torch.isfinite(loss):
-                        where = f"step {step} (epoch {epoch})"
-                        keep = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                        raise TrainingDiverged(f"loss became {loss.item()} at {where}; {keep}; lower the learning rate "
-                                               f"and run again with --resume")
+                    finite = bool(torch.isfinite(loss))
+                    if not _all_ranks(finite, dinfo, cfg.device):
+                        where = f"loss became {loss.item()}" if not finite else "loss became NaN/inf on another rank"
+                        raise TrainingDiverged(f"{where} at step {step} (epoch {epoch}); {_kept(ckpt_path)}; lower "
+                                               f"the learning rate and run again with --resume")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
                     step += 1
-                    samples_seen += cfg.batch_size * dinfo.world
+                    samples_seen += cfg.batch_size
                     losses.append(loss.item())
                     if log_file:
                         log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1],
@@ -225,20 +302,28 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                                                    "time": round(time.perf_counter() - started, 3)}) + "\n")
                         log_file.flush()
                     bar.advance(info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
+                    check_interrupt()
                 epoch_losses.append({"epoch": epoch, "mean_loss": float(np.mean(losses))})
+                if not _all_ranks(_finite_weights(model), dinfo, cfg.device):
+                    raise TrainingDiverged(f"the weights became NaN or infinite in epoch {epoch} although the loss "
+                                           f"stayed finite; {_kept(ckpt_path)}; lower the learning rate and run "
+                                           f"again with --resume")
                 if dinfo.main:
                     save(epoch + 1, step)
                 if on_epoch_end:
                     on_epoch_end(epoch)
-            if cfg.epochs == 0 and dinfo.main:  # zero epochs: the checkpoint of the initial (random) weights
+            if cfg.epochs == 0 and dinfo.main and not previous:  # zero epochs: the initial (random) weights
                 save(0, 0)
+    except Interrupted as stop:
+        stop.detail = f"{_kept(ckpt_path)}; run the same command with --resume to continue"
+        raise
     finally:
         if log_file:
             log_file.close()
     seconds = time.perf_counter() - started
     result = {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
               "samples_per_second": samples_seen / seconds if seconds > 0 else None,
-              "checkpoint": str(ckpt_path), "world_size": dinfo.world}
+              "checkpoint": str(ckpt_path), "world_size": dinfo.world, "resume_changes": changed}
     checksum = parameter_checksum(model)
     if dinfo.world > 1:
         sums: list[Any] = [None] * dinfo.world
@@ -247,3 +332,14 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     else:
         result["rank_checksums"] = [checksum]
     return result
+
+
+def _kept(ckpt_path: Path) -> str:
+    """What is left of the run after a stop: its last good checkpoint, if any."""
+    if not ckpt_path.exists():
+        return "no checkpoint was written yet"
+    try:
+        epoch = load_checkpoint(ckpt_path).epoch
+    except UserError:
+        return f"{ckpt_path} is kept"
+    return f"the last good checkpoint is {ckpt_path} (epoch {epoch})"

@@ -3,16 +3,21 @@
 Layout of a store folder::
 
     manifest.json          teacher id + weights hash + MLP activation, teacher input size, patch grid, dim,
-                           dataset version and root, prompt-templates hash, camera order
+                           dataset version, root and fingerprint (data/fingerprint.py), prompt-templates hash,
+                           camera order; once every sample is present also "files": the sha256 of every file below
     text_embeddings.pt     {"classes", "embeddings" (16, D) float32, "teacher_id", "templates_hash"}
     features/<token>.npy   (cameras, D, gh, gw) float16 patch features of one sample
+    <file>.sha256          the sha256 of <file>, written right after it (what a resumed precompute verifies)
     summary.json           what precompute measured (written when every sample is present)
 
-Each file is written atomically. Opening a store for training validates the manifest against what the caller
-expects and refuses a mismatch with one clear line.
+Each file is written atomically. Opening a store validates the manifest against what the caller expects (teacher,
+version, dataset fingerprint) and refuses a mismatch with one clear line; every read verifies the file's sha256,
+so a file whose bytes changed is refused, not used (docs/reliability.md).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +26,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_json, atomic_torch_save
+from ..io import atomic_write, atomic_write_json, atomic_write_text
 
-STORE_FORMAT = 2  # 2: the manifest records the teacher's MLP activation
+STORE_FORMAT = 3  # 1: rdistill 0.1; 2: activation alone, or dataset fingerprint and content hashes alone
+TEXT_EMBEDDINGS = "text_embeddings.pt"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Manifest:
     dim: int
     dataset_version: str
     dataroot: str
+    dataset_fingerprint: str        # data/fingerprint.py
     templates_hash: str
     cameras: tuple[str, ...]
     activation: str                 # gelu or quick_gelu for open_clip teachers (docs/teachers.md), none for sim-clip
@@ -42,13 +49,16 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k != "files"}
         for key in ("image_size", "grid", "cameras"):
             data[key] = tuple(data[key])
         return cls(**data)
 
     def mismatch(self, other: "Manifest") -> str | None:
         """The first field that differs from ``other``, described, or None."""
+        if self.dataset_fingerprint != other.dataset_fingerprint:
+            return (f"it was made for dataset {self.dataset_fingerprint[:12]} ({self.dataroot}), not for "
+                    f"{other.dataset_fingerprint[:12]} ({other.dataroot})")
         for key in ("format", "teacher_id", "weights_hash", "activation", "dataset_version", "image_size",
                     "templates_hash", "dim", "cameras"):
             if getattr(self, key) != getattr(other, key):
@@ -57,9 +67,10 @@ class Manifest:
 
 
 class FeatureStore:
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, files: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self.files = files or {}  # relative path -> sha256, recorded in the manifest of a complete store
 
     # -- creation and opening -------------------------------------------------------------------------------------
     @classmethod
@@ -68,19 +79,24 @@ class FeatureStore:
         root = Path(root)
         path = root / "manifest.json"
         if path.exists():
-            existing = cls.open(root).manifest
-            problem = existing.mismatch(manifest)
+            existing = cls.open(root)
+            problem = existing.manifest.mismatch(manifest)
             if problem:
                 raise UserError(f"{path}: this store was made differently ({problem}); "
                                 f"pass a new --out folder or delete {root}")
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, asdict(manifest))
+            return existing
+        if root.exists() and any(root.iterdir()):
+            raise UserError(f"{root}: a folder that is not a feature store (no manifest.json); pass a new or empty "
+                            f"--out folder")
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, asdict(manifest))
         return cls(root, manifest)
 
     @classmethod
-    def open(cls, root: Path, teacher: str | None = None, version: str | None = None) -> "FeatureStore":
-        """Open an existing store, checking (when given) that it was made by ``teacher`` for ``version``."""
+    def open(cls, root: Path, teacher: str | None = None, version: str | None = None,
+             dataset: tuple[str, str] | None = None) -> "FeatureStore":
+        """Open an existing store, checking (when given) that it was made by ``teacher`` for ``version`` and for
+        ``dataset`` = (dataroot, fingerprint) in its current state."""
         root = Path(root)
         path = root / "manifest.json"
         if not path.exists():
@@ -88,10 +104,10 @@ class FeatureStore:
         try:
             data = json.loads(path.read_text())
             if data.get("format") != STORE_FORMAT:
-                raise UserError(f"{path}: store format {data.get('format')}, this rdistill reads {STORE_FORMAT}; "
+                raise UserError(f"{path}: store format {data.get('format')!r}, this rdistill reads {STORE_FORMAT}; "
                                 f"run precompute again into a new folder")
-            manifest = Manifest.from_json(data)
-        except (ValueError, TypeError, AttributeError) as err:
+            manifest, files = Manifest.from_json(data), dict(data.get("files", {}))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise UserError(f"{path}: unreadable manifest ({err}); delete {root} and run precompute again") from None
         if teacher is not None and not _same_teacher(manifest.teacher_id, teacher):
             raise UserError(f"{path}: features were made by teacher '{manifest.teacher_id}', not '{teacher}'; "
@@ -99,52 +115,125 @@ class FeatureStore:
         if version is not None and manifest.dataset_version != version:
             raise UserError(f"{path}: features were made for dataset version '{manifest.dataset_version}', "
                             f"not '{version}'; pass the matching --version or precompute again")
-        return cls(root, manifest)
+        store = cls(root, manifest, files)
+        if dataset is not None:
+            store.require_dataset(*dataset)
+        return store
+
+    def require_dataset(self, dataroot: str, fingerprint: str) -> None:
+        """Refuse (one line) features made for another dataset than the one ``dataroot`` holds now (its
+        data/fingerprint.py ``fingerprint``)."""
+        if self.manifest.dataset_fingerprint != fingerprint:
+            raise UserError(f"{self.root / 'manifest.json'}: features were made for dataset "
+                            f"{self.manifest.dataset_fingerprint[:12]} ({self.manifest.dataroot}), but {dataroot} now "
+                            f"holds dataset {fingerprint[:12]}; precompute features for it into a new --out folder")
+
+    # -- files with a content hash ----------------------------------------------------------------------------------
+    def _write_hashed(self, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` and then its sha256 beside it (a file without its hash counts as missing)."""
+        atomic_write(self.root / rel, lambda f: f.write(data))
+        atomic_write_text(self.root / f"{rel}.sha256", hashlib.sha256(data).hexdigest() + "\n")
+
+    def recorded_hash(self, rel: str) -> str | None:
+        """The sha256 written with ``rel`` (its .sha256 file), else the one in the manifest, else None."""
+        try:
+            return (self.root / f"{rel}.sha256").read_text().strip()
+        except OSError:
+            return self.files.get(rel)
+
+    def _read_verified(self, rel: str) -> tuple[bytes | None, str | None]:
+        """(content, None) when ``rel`` exists and matches its recorded sha256, else (None, what is wrong)."""
+        try:
+            data = (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            return None, "missing"
+        expected = self.recorded_hash(rel)
+        if expected is None:
+            return None, "no recorded sha256 (its write was interrupted)"
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None, "content changed since precompute wrote it (sha256 mismatch)"
+        return data, None
+
+    def _refuse(self, rel: str, problem: str) -> UserError:
+        return UserError(f"{self.root / rel}: {problem}; run 'rdistill precompute' again with --out {self.root} "
+                         f"(it redoes only what is missing or changed)")
 
     # -- per-sample features --------------------------------------------------------------------------------------
+    @staticmethod
+    def relpath(token: str) -> str:
+        return f"features/{token}.npy"
+
     def path(self, token: str) -> Path:
-        return self.root / "features" / f"{token}.npy"
+        return self.root / self.relpath(token)
 
     def expected_shape(self) -> tuple[int, ...]:
         m = self.manifest
         return (len(m.cameras), m.dim, *m.grid)
 
-    def is_valid(self, token: str) -> bool:
-        """True if the sample's file exists, is complete and has the manifest's shape and dtype."""
+    def problem(self, token: str) -> str | None:
+        """What is wrong with a sample's file (missing, changed, wrong shape or dtype), or None if it is good."""
+        data, problem = self._read_verified(self.relpath(token))
+        if problem:
+            return problem
         try:
-            arr = np.load(self.path(token), mmap_mode="r")
+            arr = np.load(io.BytesIO(data), mmap_mode=None)
         except (OSError, ValueError, EOFError):
-            return False
-        return arr.shape == self.expected_shape() and arr.dtype == np.float16
+            return "not a readable .npy file"
+        if arr.shape != self.expected_shape() or arr.dtype != np.float16:
+            return f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16"
+        return None
+
+    def is_valid(self, token: str) -> bool:
+        """True if the sample's file exists, matches its recorded sha256 and has the manifest's shape and dtype."""
+        return self.problem(token) is None
 
     def write(self, token: str, features: np.ndarray) -> None:
         if features.shape != self.expected_shape():
             raise ValueError(f"features of shape {features.shape}, store expects {self.expected_shape()}")
-        atomic_write(self.path(token), lambda f: np.save(f, features.astype(np.float16)))
+        buf = io.BytesIO()
+        np.save(buf, features.astype(np.float16))
+        self._write_hashed(self.relpath(token), buf.getvalue())
 
     def read(self, token: str) -> np.ndarray:
-        """(cameras, D, gh, gw) float16 features of one sample."""
-        path = self.path(token)
-        if not self.is_valid(token):
-            raise UserError(f"{path}: missing or truncated feature file; run 'rdistill precompute' again "
-                            f"with --out {self.root} (it redoes only what is missing)")
-        return np.load(path)
+        """(cameras, D, gh, gw) float16 features of one sample, verified against their recorded sha256."""
+        rel = self.relpath(token)
+        data, problem = self._read_verified(rel)
+        if problem:
+            raise self._refuse(rel, problem)
+        arr = np.load(io.BytesIO(data))
+        if arr.shape != self.expected_shape() or arr.dtype != np.float16:
+            raise self._refuse(rel, f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16")
+        return arr
+
+    def record_files(self, tokens: list[str]) -> bool:
+        """Write the sha256 of the text embeddings and of every sample into the manifest (the store is complete).
+        Returns False when the manifest already recorded exactly these hashes."""
+        files = {rel: self.recorded_hash(rel) for rel in [TEXT_EMBEDDINGS] + [self.relpath(t) for t in tokens]}
+        if files == self.files:
+            return False
+        atomic_write_json(self.root / "manifest.json", {**asdict(self.manifest), "files": files})
+        self.files = files
+        return True
 
     # -- text embeddings and summary ------------------------------------------------------------------------------
     def write_text_embeddings(self, classes: list[str], embeddings: torch.Tensor) -> None:
-        atomic_torch_save(self.root / "text_embeddings.pt",
-                          {"classes": list(classes), "embeddings": embeddings.float().cpu(),
-                           "teacher_id": self.manifest.teacher_id, "templates_hash": self.manifest.templates_hash})
+        buf = io.BytesIO()
+        torch.save({"classes": list(classes), "embeddings": embeddings.float().cpu(),
+                    "teacher_id": self.manifest.teacher_id, "templates_hash": self.manifest.templates_hash}, buf)
+        self._write_hashed(TEXT_EMBEDDINGS, buf.getvalue())
+
+    def text_embeddings_problem(self) -> str | None:
+        return self._read_verified(TEXT_EMBEDDINGS)[1]
 
     def text_embeddings(self) -> tuple[list[str], torch.Tensor]:
-        path = self.root / "text_embeddings.pt"
-        if not path.exists():
-            raise UserError(f"{path}: missing; run 'rdistill precompute' again with --out {self.root}")
-        data = torch.load(path, weights_only=True)
-        if data["teacher_id"] != self.manifest.teacher_id:
-            raise UserError(f"{path}: text embeddings of '{data['teacher_id']}' in a store of "
-                            f"'{self.manifest.teacher_id}'; run precompute again into a new folder")
-        return data["classes"], data["embeddings"]
+        data, problem = self._read_verified(TEXT_EMBEDDINGS)
+        if problem:
+            raise self._refuse(TEXT_EMBEDDINGS, problem)
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
+        if loaded["teacher_id"] != self.manifest.teacher_id:
+            raise UserError(f"{self.root / TEXT_EMBEDDINGS}: text embeddings of '{loaded['teacher_id']}' in a store "
+                            f"of '{self.manifest.teacher_id}'; run precompute again into a new folder")
+        return loaded["classes"], loaded["embeddings"]
 
     def discard_if_empty(self) -> None:
         """Remove what :meth:`create` and :meth:`write_text_embeddings` wrote while no sample is stored yet (and the
@@ -152,7 +241,7 @@ class FeatureStore:
         features = self.root / "features"
         if features.is_dir() and any(features.glob("*.npy")):
             return
-        for name in ("manifest.json", "text_embeddings.pt"):
+        for name in ("manifest.json", TEXT_EMBEDDINGS, f"{TEXT_EMBEDDINGS}.sha256"):
             (self.root / name).unlink(missing_ok=True)
         for folder in (features, self.root):
             try:

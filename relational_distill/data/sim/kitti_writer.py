@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -22,10 +21,12 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
+from ...interrupt import Interrupted
 from ..geometry import invert_transform, make_transform
 from .layout import FINE, SceneLayout
 from .sensors import LIDARS, camera_calibration, render_camera, scan_lidar
-from .writer import SAMPLE_PERIOD_US, SIDECAR_DIR, SimConfig, ego_to_local, scene_drive
+from .writer import (SAMPLE_PERIOD_US, SIDECAR_DIR, SimConfig, check_free_space, ego_to_local, render_scenes,
+                     scene_drive)
 
 TRAIN_SEQUENCE, VAL_SEQUENCE = "00", "08"
 # The town's nuScenes fine categories -> SemanticKITTI raw ids (docs/datasets.md: classes without a counterpart).
@@ -145,17 +146,14 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
             raise UserError(f"--scenes {cfg.scenes}: at most {(1 << 16) // INSTANCES_PER_SCENE} scenes fit one "
                             f"sequence's 16-bit instance ids in the semantickitti format; use fewer scenes")
         plan.append((s, sequence, position * cfg.samples_per_scene, position * INSTANCES_PER_SCENE))
+    check_free_space(out, cfg)
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         poses: dict[str, list[np.ndarray]] = {TRAIN_SEQUENCE: [], VAL_SEQUENCE: []}
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(_render_scene, cfg, s, tmp, q, f, i) for s, q, f, i in plan]
-            for done, ((_, sequence, _, _), fut) in enumerate(zip(plan, futures), 1):
-                poses[sequence].extend(fut.result())
-                if progress:
-                    progress(done, cfg.scenes)
+        render_scenes(_render_scene, [(cfg, s, tmp, q, f, i) for s, q, f, i in plan], workers,
+                      lambda job, scene_poses: poses[job[3]].extend(scene_poses), progress)
         calib = calib_text(kitti_rig(cfg.image_size, cfg.lidar))
         for sequence, seq_poses in poses.items():
             (tmp / "sequences" / sequence / "calib.txt").write_text(calib)
@@ -168,8 +166,10 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Interrupted):
+            err.detail = f"nothing was written to {out} (the partial town was removed)"
         raise
     return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out),
             "sequences": {q: len(p) for q, p in poses.items()}}

@@ -2,24 +2,27 @@
 
 The result is read back only through nuscenes-devkit. Each scene is independent, so scenes are rendered in
 parallel worker processes; the whole dataset is written into a temporary folder and renamed into place at
-the end, so an interrupted run never leaves a half-written dataset behind.
+the end, so an interrupted run (Ctrl-C, SIGTERM: the workers are terminated too) never leaves a half-written
+dataset behind. Before writing, the dataset's size is estimated and checked against the free disk space.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from ...classes import fine_category_names
+from ...errors import UserError
+from ...interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
 from ..geometry import euler_to_matrix, make_transform, matrix_to_quaternion
 from .layout import ANNOTATED, PROFILES, SceneLayout, generate_scene
 from ..nuscenes import CAMERAS
@@ -49,6 +52,8 @@ class SimConfig:
             raise ValueError(f"image size {width}x{height}: width and height must be multiples of 16, >= 64")
         if self.scenes < 2:
             raise ValueError(f"scenes={self.scenes}: need at least 2 (one for training, one for validation)")
+        if self.samples_per_scene < 1:
+            raise ValueError(f"samples_per_scene={self.samples_per_scene}: need at least 1 keyframe per scene")
 
     @property
     def val_scenes(self) -> int:
@@ -219,24 +224,59 @@ def _static_tables(cfg: SimConfig, log_tokens: list[str]) -> dict[str, list[dict
     }
 
 
+def estimated_bytes(cfg: SimConfig) -> int:
+    """An upper estimate of the town's size on disk, bytes: per sample every lidar ray hitting (20 bytes a point
+    + 1 label byte), six JPEG + side-car pairs (about 0.45 byte a pixel + 6 kB) and 30 kB of table rows. It also
+    bounds the semantickitti layout (16 + 4 bytes a point, one PNG + side-car per frame: about 85 % of it)."""
+    lidar = LIDARS[cfg.lidar]
+    width, height = cfg.image_size
+    per_sample = lidar.beams * lidar.azimuth_steps * 21 + len(CAMERAS) * (0.45 * width * height + 6000) + 30_000
+    return int(cfg.scenes * cfg.samples_per_scene * per_sample)
+
+
+def check_free_space(out: Path, cfg: SimConfig) -> None:
+    """Refuse (one line) when the disk that will hold ``out`` has less free space than the town needs."""
+    parent = Path(out).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    need, free = estimated_bytes(cfg), shutil.disk_usage(parent).free
+    if free < need:
+        raise UserError(f"{out}: the town needs about {need / 2**20:.0f} MiB, {parent} has {free / 2**20:.0f} MiB "
+                        f"free; free space, choose another folder or ask for fewer --scenes / --samples-per-scene")
+
+
+def render_scenes(render: Callable, jobs: list[tuple], workers: int, collect: Callable[[tuple, Any], None],
+                  progress: Callable[[int, int], None] | None = None) -> None:
+    """``render(*job)`` for every job in ``workers`` processes; ``collect(job, result)`` in job order. The workers
+    ignore Ctrl-C; Pool.__exit__ terminates them when the parent stops (an error, Ctrl-C or SIGTERM), and a stop
+    asked for while a worker starts is raised after the scene at hand (interrupt.py)."""
+    with multiprocessing.Pool(max(1, workers), initializer=ignore_signals_in_worker) as pool:
+        pending = [pool.apply_async(render, job) for job in jobs]
+        for done, (job, result) in enumerate(zip(jobs, pending), 1):
+            collect(job, result.get())
+            if progress:
+                progress(done, len(jobs))
+            check_interrupt()
+
+
 def make_town(out: Path, cfg: SimConfig, workers: int = 2,
               progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate the town into ``out`` (which must not exist or be empty). Returns a small summary dict."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or delete it")
+    check_free_space(out, cfg)
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         tables: dict[str, list[dict]] = {}
-        with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(_scene_tables, cfg, s, tmp) for s in range(cfg.scenes)]
-            for done, fut in enumerate(futures, 1):
-                for name, rows in fut.result().items():
-                    tables.setdefault(name, []).extend(rows)
-                if progress:
-                    progress(done, cfg.scenes)
+
+        def collect(job: tuple, scene_tables: dict[str, list[dict]]) -> None:
+            for name, rows in scene_tables.items():
+                tables.setdefault(name, []).extend(rows)
+
+        render_scenes(_scene_tables, [(cfg, s, tmp) for s in range(cfg.scenes)], workers, collect, progress)
         tables.update(_static_tables(cfg, [r["token"] for r in tables["log"]]))
         table_dir = tmp / cfg.version
         table_dir.mkdir(parents=True, exist_ok=True)
@@ -251,8 +291,10 @@ def make_town(out: Path, cfg: SimConfig, workers: int = 2,
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Interrupted):
+            err.detail = f"nothing was written to {out} (the partial town was removed)"
         raise
     return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out)}
 
