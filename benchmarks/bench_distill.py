@@ -1,6 +1,7 @@
 """Training throughput (samples/s) and peak memory of student + loss on the synthetic town, per loss.
 
-Makes a 40-sample town and its sim-clip features in a temporary folder unless --town/--features are given.
+Makes a 40-sample town and its sim-clip features in a temporary folder unless --town/--features are given
+(with --baseline, each variant makes its own with its own code).
 With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
 REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio.
 
@@ -36,6 +37,16 @@ def child(args) -> None:
     print(json.dumps({"samples_per_second": result["samples_per_second"], "peak_bytes": peak}))
 
 
+def prepare(town: Path, features: Path) -> None:
+    """A 40-sample town and its sim-clip features, made by the code on PYTHONPATH (each variant makes its own,
+    since feature stores of one version are refused by another)."""
+    from relational_distill.data.sim.writer import SimConfig, make_town
+    from relational_distill.engine.precompute import PrecomputeConfig, precompute
+
+    make_town(town, SimConfig(scenes=5, samples_per_scene=8))
+    precompute(PrecomputeConfig(dataroot=town, out=features, quiet=True, summary_per_class=100))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "distill_cpu.yaml"))
@@ -43,20 +54,16 @@ def main() -> None:
     parser.add_argument("--town")
     parser.add_argument("--features")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="relational")
     parser.add_argument("--out")
     parser.add_argument("--baseline", help="git revision to compare with (its code and its distill_cpu.yaml)")
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.prepare:
+        return prepare(Path(args.town), Path(args.features))
     tmp = Path(tempfile.mkdtemp())
-    if not args.town:
-        from relational_distill.data.sim.writer import SimConfig, make_town
-        from relational_distill.engine.precompute import PrecomputeConfig, precompute
-
-        args.town, args.features = str(tmp / "town"), str(tmp / "features")
-        make_town(Path(args.town), SimConfig(scenes=5, samples_per_scene=8))
-        precompute(PrecomputeConfig(dataroot=Path(args.town), out=Path(args.features), quiet=True, summary_per_class=100))
     variants = [("this tree", Path(__file__).resolve().parents[1], args.config)]
     if args.baseline:
         root = tmp / "baseline"
@@ -65,12 +72,22 @@ def main() -> None:
                                  cwd=Path(__file__).resolve().parents[1]).stdout
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
         variants.append((f"baseline {args.baseline}", root, str(root / "configs" / "distill_cpu.yaml")))
+    data = {}
+    for i, (name, root, _) in enumerate(variants):
+        if args.town:
+            data[name] = (args.town, args.features)
+            continue
+        town, features = tmp / f"town{i}", tmp / f"features{i}"
+        subprocess.run([sys.executable, __file__, "--prepare", "--town", str(town), "--features", str(features)],
+                       check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        data[name] = (str(town), str(features))
     print("| loss | code | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|---|")
     rates: dict[tuple[str, str], float] = {}
     for loss in ("contrastive", "similarity", "relational"):
         for name, root, config in variants:
+            town, features = data[name]
             cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", config, "--device", args.device,
-                   "--town", args.town, "--features", args.features, "--out", str(tmp / f"run-{loss}-{len(rates)}")]
+                   "--town", town, "--features", features, "--out", str(tmp / f"run-{loss}-{len(rates)}")]
             env = {**os.environ, "PYTHONPATH": str(root)}
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=root)
                              .stdout.strip().splitlines()[-1])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from relational_distill.data.dataset import load_sample
 from relational_distill.data.nuscenes import load_index
+from relational_distill.engine.distill import anchor_head, teacher_mean
 from relational_distill.engine.training import cosine_schedule
 from relational_distill.losses import make_loss
 from relational_distill.metrics.segmentation import confusion_matrix, miou
@@ -80,6 +81,8 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--voxel", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-bias", default="learned", choices=("learned", "teacher-mean"),
+                   help="teacher-mean: the head's bias fixed at the mean teacher feature (DistillConfig.head_bias)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     index, store = load_index(a.town, a.version), FeatureStore.open(a.features)
@@ -94,21 +97,25 @@ def main() -> None:
         for x in train:
             x["pair_teacher"] = means[x["labels"][x["pair_point"]]]
     model = Student(17 if a.supervised else text.shape[1], a.preset, VoxelConfig(a.voxel))
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    if a.head_bias == "teacher-mean":
+        anchor_head(model, teacher_mean(index, index.split("train"), store))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=a.weight_decay)
     sched = cosine_schedule(opt, a.steps, 0.05)
     loss_fn = make_loss(a.loss, 0.07, 1.0, a.p, a.block)
     rng = np.random.default_rng(a.seed)
 
     @torch.no_grad()
-    def val_miou() -> float:
+    def val_miou() -> tuple[float, float]:
+        """(val mIoU, mean norm of the student's outputs before normalisation)."""
         model.eval()
-        conf = torch.zeros(17, 17, dtype=torch.long)
+        conf, norms = torch.zeros(17, 17, dtype=torch.long), []
         for x in val:
             out = model(x["points"], torch.zeros(len(x["points"]), dtype=torch.long))
             pred = out[:, 1:].argmax(1) + 1 if a.supervised else (F.normalize(out, dim=1) @ text.T).argmax(1) + 1
             conf += confusion_matrix(pred, x["labels"])
+            norms.append(out.norm(dim=1).mean())
         model.train()
-        return miou(conf)[1]
+        return miou(conf)[1], float(torch.stack(norms).mean())
 
     started, losses = time.perf_counter(), []
     for step in range(1, a.steps + 1):
@@ -141,9 +148,11 @@ def main() -> None:
         sched.step()
         losses.append(loss.item())
         if step % a.eval_every == 0 or step == a.steps:
+            seconds = (time.perf_counter() - started) / step
+            mean_iou, norm = val_miou()
             print(json.dumps({"step": step, "loss": round(float(np.mean(losses[-a.eval_every:])), 4),
-                              "val_zero_shot_miou" if not a.supervised else "val_miou": round(100 * val_miou(), 2),
-                              "seconds_per_step": round((time.perf_counter() - started) / step, 2)}), flush=True)
+                              "val_zero_shot_miou" if not a.supervised else "val_miou": round(100 * mean_iou, 2),
+                              "output_norm": round(norm, 2), "seconds_per_step": round(seconds, 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -167,3 +167,35 @@ def test_eval_every_rows_survive_a_kill_and_resume(town, store_dir, tmp_path):
     means = [sum(r["loss"] for r in steps if r["epoch"] == e) / per_epoch for e in (0, 1)]
     assert [e["mean_loss"] for e in resumed["epochs"]] == pytest.approx(means, rel=1e-12)
     assert plot_runs([tmp_path / "run"], tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_eval_every_logs_the_zero_shot_miou_evaluate_reports(town, store_dir, tmp_path):
+    from relational_distill.engine.evaluate import evaluate
+    from relational_distill.report import read_log
+
+    cfg = tiny_distill_config(loss="similarity", epochs=1, eval_every=1)
+    distill(town, store_dir, tmp_path / "run", cfg, quiet=True)
+    _, evals = read_log(tmp_path / "run" / "log.jsonl")
+    want = evaluate(tmp_path / "run" / "checkpoint.pt", zero_shot=True, quiet=True)["miou"]
+    assert len(evals) == 1 and evals[0]["val_zero_shot_miou"] == pytest.approx(want, abs=1e-12)
+
+
+def test_teacher_mean_head_bias_is_the_mean_paired_teacher_feature(town, store_dir, index, tmp_path):
+    """head_bias teacher-mean: teacher_mean over every pair equals a brute-force mean over the pairs of every train
+    sample, and the distilled checkpoint's head bias is teacher_mean's value, unchanged by training."""
+    from relational_distill.data.dataset import load_sample
+    from relational_distill.engine.distill import teacher_mean
+    from relational_distill.teachers.store import FeatureStore
+
+    store = FeatureStore.open(store_dir)
+    train = index.split("train")
+    total, count = 0.0, 0
+    for sample in train:
+        for q in load_sample(index, sample, store)["pair_teacher"].double():
+            total, count = total + q, count + 1
+    torch.testing.assert_close(teacher_mean(index, train, store, pairs_per_sample=10**9).double(), total / count,
+                               atol=1e-6, rtol=0)
+    cfg = tiny_distill_config(loss="relational", epochs=1)
+    distill(town, store_dir, tmp_path / "run", cfg, quiet=True)
+    bias = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model["head.bias"]
+    assert torch.equal(bias, teacher_mean(index, train, store))

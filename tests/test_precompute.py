@@ -268,3 +268,32 @@ def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, in
         SuperpixelStore.open(SuperpixelStore.folder(out, 30), 30, "v1.0-sim")
     with pytest.raises(UserError, match="not 20 for 'v1.0-trainval'"):
         SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-trainval")
+
+
+def test_teacher_zero_shot_miou_against_a_brute_force_loop(store_dir, index):
+    """summary.json's teacher_zero_shot_miou (and evaluate --teacher) against a loop over every lidar-pixel pair of
+    the val split: the teacher's argmax class, counted into per-class intersections and unions by hand, with
+    classes absent from prediction and ground truth left out (the nuScenes convention)."""
+    from relational_distill.data.dataset import load_sample
+    from relational_distill.engine.evaluate import evaluate_teacher
+    from relational_distill.teachers.store import FeatureStore
+
+    store = FeatureStore.open(store_dir)
+    _, text = store.text_embeddings()
+    inter, pred_count, true_count = [0] * 17, [0] * 17, [0] * 17
+    for sample in index.split("val"):
+        item = load_sample(index, sample, store)
+        for feature, point in zip(item["pair_teacher"], item["pair_point"].tolist()):
+            truth = int(item["labels"][point])
+            if truth == 0:
+                continue
+            pred = max(range(16), key=lambda c: float(feature @ text[c])) + 1
+            pred_count[pred] += 1
+            true_count[truth] += 1
+            inter[pred] += pred == truth
+    ious = [inter[c] / (pred_count[c] + true_count[c] - inter[c]) for c in range(1, 17)
+            if pred_count[c] + true_count[c] > 0]
+    want = sum(ious) / len(ious)
+    summary = json.loads((store_dir / "summary.json").read_text())
+    assert summary["teacher_zero_shot_miou"] == pytest.approx(want, abs=1e-12)
+    assert evaluate_teacher(store_dir, quiet=True)["miou"] == pytest.approx(want, abs=1e-12)

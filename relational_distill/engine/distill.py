@@ -26,6 +26,9 @@ from .evaluate import point_outputs, segmentation_confusion, segmentation_result
 from .training import LOG, LoopConfig, init_distributed, resolve_device, steps_per_epoch, train
 
 
+HEAD_BIASES = ("teacher-mean", "learned")
+
+
 @dataclass
 class DistillConfig:
     """Hyper-parameters of distillation; configs/distill_*.yaml mirror this. ``batch_size`` is the global batch:
@@ -33,26 +36,28 @@ class DistillConfig:
 
     loss: str = "relational"
     preset: str = "small"
-    epochs: int = 10
+    epochs: int = 16
     batch_size: int = 2
     num_pairs: int | None = 4096     # pairs per batch fed to the loss (N); None: every pair of the batch
     pairs_per_sample: int | None = 8192  # pairs loaded per sample before the per-batch draw; None: every pair
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     temperature: float = 0.07        # contrastive
     superpixels: int | None = None   # contrastive only: SLidR pooling over this many SLIC superpixels per image
     intra_weight: float = 1.0        # relational lambda
-    relational_p: int = 1            # 1 = L1, 2 = squared error
+    relational_p: int = 2            # 1 = L1 (block-wise or plain), 2 = squared error (exact Gram form)
     block_size: int | None = None    # block-wise losses (never an N x N matrix) when set
-    voxel_size: float = 0.1
+    voxel_size: float = 0.2          # metres
     voxel_mode: str = "cartesian"
     augment: bool = True
     min_depth: float = 1.0
     seed: int = 0
     workers: int = 1
     eval_every: int = 0              # epochs between val evaluations written into log.jsonl (0 = none)
+    head_bias: str = "teacher-mean"  # the head's bias: "teacher-mean" (fixed at the teacher's mean feature) or
+                                     # "learned" (docs/convergence.md)
 
     def check(self) -> None:
         if self.loss not in LOSS_NAMES:
@@ -65,6 +70,8 @@ class DistillConfig:
             raise UserError(f"eval_every={self.eval_every}: give a number of epochs >= 0 (0 = no evaluation)")
         if self.relational_p not in (1, 2):
             raise UserError(f"relational_p={self.relational_p}: use 1 (L1) or 2 (squared error)")
+        if self.head_bias not in HEAD_BIASES:
+            raise UserError(f"head_bias={self.head_bias!r}: choose one of {', '.join(HEAD_BIASES)}")
 
 
 def build_student(meta: CheckpointMeta, device_type: str) -> Student:
@@ -92,6 +99,8 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
                           dataroot=index.dataroot, version=version, dataset_fingerprint=fingerprint,
                           dataset=index.dataset, config=asdict(cfg))
     model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
+    if cfg.head_bias == "teacher-mean":
+        anchor_head(model, teacher_mean(index, train_samples, store))
     dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
                                 superpixels)
     loss_fn = make_loss(cfg.loss, cfg.temperature, cfg.intra_weight, cfg.relational_p, cfg.block_size)
@@ -128,13 +137,41 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, overwrite=overwrite, quiet=quiet)
-    result = train(loop, model, [{"params": model.parameters(), "lr": cfg.lr}], cfg.weight_decay, dataset, step,
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result = train(loop, model, [{"params": trainable, "lr": cfg.lr}], cfg.weight_decay, dataset, step,
                    meta, on_epoch)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
                    "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
     if init_distributed(device).main:
         write_result(Path(out) / "distill.json", result)
     return result
+
+
+def teacher_mean(index, samples: list[dict], store: FeatureStore, max_samples: int = 64,
+                 pairs_per_sample: int = 2000) -> torch.Tensor:
+    """(D,) mean teacher feature over the lidar-paired pixels of up to ``max_samples`` samples spread evenly over
+    ``samples`` (at most ``pairs_per_sample`` pairs each, drawn with a fixed seed)."""
+    stride = max(1, len(samples) // max_samples)
+    rng = np.random.default_rng(0)
+    total, count = None, 0
+    for sample in samples[::stride][:max_samples]:
+        q = load_sample(index, sample, store, max_pairs=pairs_per_sample, rng=rng)["pair_teacher"]
+        total = q.sum(0) if total is None else total + q.sum(0)
+        count += len(q)
+    return total / max(count, 1)
+
+
+def anchor_head(model: Student, mean: torch.Tensor, weight_scale: float = 0.1) -> None:
+    """Fix the head's bias at the teacher's mean feature ``mean`` (D,) and shrink its initial weights, so the
+    student starts at the direction every teacher feature shares and learns only what differs between points.
+
+    With a learned bias the pre-normalisation output of the student grows (|k| ~ 15 to 50 after 100 steps on the
+    synthetic town) and the scale-invariant losses then move its direction ever more slowly; the fixed bias keeps
+    |k| ~ 1 (docs/convergence.md, experiment "head")."""
+    with torch.no_grad():
+        model.head.bias.copy_(mean)
+        model.head.weight.mul_(weight_scale)
+    model.head.bias.requires_grad_(False)
 
 
 class ValMonitor:

@@ -38,6 +38,7 @@ class FinetuneConfig:
     linear_probe: bool = False     # frozen backbone, linear head only
     from_scratch: bool = False     # random initialisation (the baseline)
     preset: str = "small"          # only used from scratch; otherwise the checkpoint's
+    voxel_size: float = 0.1        # metres; only used from scratch; otherwise the checkpoint's
     augment: bool = True
     seed: int = 0
     workers: int = 1
@@ -91,7 +92,7 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     index.require_labels(train_samples, "training")
     num_classes = len(index.class_names)
     preset = source.meta.preset if source and not cfg.from_scratch else cfg.preset
-    voxel = VoxelConfig(**source.meta.voxel) if source else VoxelConfig()
+    voxel = VoxelConfig(**source.meta.voxel) if source else VoxelConfig(cfg.voxel_size)
     torch.manual_seed(cfg.seed)
     model = Student(num_classes, preset, voxel, device_type)
     if not cfg.from_scratch:
