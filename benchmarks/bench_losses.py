@@ -4,6 +4,11 @@ Each measurement runs in a fresh subprocess; peak memory is the process's high-w
 resident size just before the loss (inputs already allocated), so it is the loss's own extra memory.
 
     .venv/bin/python benchmarks/bench_losses.py [--sizes 4096,16384,65536] [--losses relational] [--block 4096]
+    .venv/bin/python benchmarks/bench_losses.py --losses relational-squared --sizes 4096,65536,1048576
+
+``relational-squared`` is the exact O(N D^2) Gram form (losses.py): its rows add its GFLOP/s (about 10 N D^2
+floating-point operations forward + backward) next to the GFLOP/s of one ``torch.mm`` of the same shape
+(K^T K, 2 N D^2) measured in the same process, i.e. how close the loss runs to this machine's GEMM speed.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def measure(loss: str, n: int, dim: int, block: int | None, device: str) -> dict
     g = torch.Generator().manual_seed(0)
     k = F.normalize(torch.randn(n, dim, generator=g), dim=1).to(device).requires_grad_(True)
     q = F.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
-    fn = make_loss(loss, block_size=block)
+    fn = (lambda a, b: make_loss("relational", p=2)(a, b)) if loss == "relational-squared" else make_loss(loss, block_size=block)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -46,7 +51,17 @@ def measure(loss: str, n: int, dim: int, block: int | None, device: str) -> dict
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _vm("VmHWM") - base
-    return {"seconds": time.perf_counter() - start, "peak_bytes": max(peak, 0)}
+    result = {"seconds": time.perf_counter() - start, "peak_bytes": max(peak, 0)}
+    if loss == "relational-squared":
+        kd = k.detach()
+        kd.T @ kd  # warm-up
+        start = time.perf_counter()
+        kd.T @ kd
+        if device == "cuda":
+            torch.cuda.synchronize()
+        result["gflops"] = 10 * n * dim * dim / result["seconds"] / 1e9
+        result["mm_gflops"] = 2 * n * dim * dim / (time.perf_counter() - start) / 1e9
+    return result
 
 
 def main() -> None:
@@ -66,6 +81,12 @@ def main() -> None:
     for n in map(int, args.sizes.split(",")):
         for loss in args.losses.split(","):
             times = {}
+            if loss == "relational-squared":
+                cmd = [sys.executable, __file__, "--child", f"{loss}:{n}:0", "--dim", str(args.dim), "--device", args.device]
+                res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+                print(f"| {loss} | {n} | Gram | {res['seconds']:.2f} | {res['peak_bytes'] / 2**20:.0f} | "
+                      f"{res['gflops']:.1f} GFLOP/s (torch.mm: {res['mm_gflops']:.1f}) |", flush=True)
+                continue
             for form, block in (("plain", 0), ("block", args.block)):
                 if loss == "similarity" and form == "block":
                     continue  # no N x N matrix: the plain form is already linear in N

@@ -13,7 +13,7 @@ N x N matrix is ever held: memory O(block_size x block_size x ...) instead of O(
 The squared relational loss (``p=2``) has an exact O(N x D^2) form through D x D Gram matrices (SPEC 5,
 docs/convergence.md): ``||K Q^T - Q Q^T||^2 = <(K-Q)^T (K-Q), Q^T Q>`` and
 ``||K K^T - Q Q^T||^2 = ||K^T K||^2 - 2 ||K^T Q||^2 + ||Q^T Q||^2``, minus the diagonal terms. It never forms
-an N x N matrix and costs 4 N D^2 multiply-adds instead of 2 N^2 D, so it takes every pair of a batch
+an N x N matrix and costs 3 N D^2 multiply-adds forward instead of 2 N^2 D, so it takes every pair of a batch
 (N >= 10^6); ``relational_loss`` uses it for ``p=2`` whatever ``block_size`` says.
 """
 from __future__ import annotations
@@ -144,17 +144,17 @@ class _BlockRelational(torch.autograd.Function):
 
 
 def _relational_gram(k: torch.Tensor, q: torch.Tensor, intra_weight: float) -> torch.Tensor:
-    """The squared relational loss in O(N D^2) time and O(D^2) extra memory (see the module docstring).
-
-    The Gram matrices are formed in the input precision; their Frobenius products are summed in float64, since
-    the intra term is a difference of three numbers of order N^2."""
+    """The squared relational loss in O(N D^2) time and O(D^2) extra memory (see the module docstring), from the
+    three Gram matrices K^T K, K^T Q and Q^T Q (Q^T Q needs no gradient): ``||K Q^T - Q Q^T||^2 =
+    <K^T K, Q^T Q> - 2 <K^T Q, Q^T Q> + ||Q^T Q||^2``. Their Frobenius products are summed in float64, since each
+    term is a difference of numbers of order N^2."""
     n = k.shape[0]
-    kk, kq, qq = k.T @ k, k.T @ q, q.T @ q                       # (D, D) each
-    err = k - q
-    cross_all = ((err.T @ err).double() * qq.double()).sum()     # ||(K - Q) Q^T||^2
-    cross_diag = ((err * q).sum(1).double() ** 2).sum()           # sum_i ((k_i - q_i) . q_i)^2
-    intra_all = (kk.double() ** 2).sum() - 2 * (kq.double() ** 2).sum() + (qq.double() ** 2).sum()
-    intra_diag = (((k * k).sum(1) - (q * q).sum(1)).double() ** 2).sum()
+    kk, kq, qq = (k.T @ k).double(), (k.T @ q).double(), (q.T @ q).double()   # (D, D) each
+    qq_sq = (qq * qq).sum()
+    cross_all = (kk * qq).sum() - 2 * (kq * qq).sum() + qq_sq                  # ||(K - Q) Q^T||^2
+    cross_diag = ((k - q) * q).sum(1).double().pow(2).sum()                    # sum_i ((k_i - q_i) . q_i)^2
+    intra_all = (kk * kk).sum() - 2 * (kq * kq).sum() + qq_sq                   # ||K K^T - Q Q^T||^2
+    intra_diag = ((k * k).sum(1) - (q * q).sum(1)).double().pow(2).sum()
     pairs = n * (n - 1)
     loss = cross_diag / n + (cross_all - cross_diag) / pairs + intra_weight * (intra_all - intra_diag) / pairs
     return loss.to(k.dtype)
