@@ -72,9 +72,10 @@ def run_variant(variant: str, seed: int, args, town: Path, town64: Path, feature
     ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale)
     ft_id = timed("finetune_id", lambda: cached(run / "finetune_id.json", lambda: _drop_heavy(
         finetune(ckpt, run / "ft-id", replace(ft, fraction=0.01), device=args.device, resume=True, quiet=True))))
+    # 1 % of the SemanticKITTI-format town's training frames is one frame (every 100th): batches of one
     ft_ood = timed("finetune_ood", lambda: cached(run / "finetune_ood.json", lambda: _drop_heavy(
-        finetune(ckpt, run / "ft-ood", replace(ft, fraction=0.01), dataroot=town64, device=args.device, resume=True,
-                 quiet=True))))
+        finetune(ckpt, run / "ft-ood", replace(ft, fraction=0.01, batch_size=1), dataroot=town64, device=args.device,
+                 resume=True, quiet=True))))
     lp_cfg = load_config(FinetuneConfig, CONFIG_DIR / "linear_probe_cpu.yaml", {})
     lp_cfg = replace(lp_cfg, seed=seed, workers=args.workers, epochs=lp_cfg.epochs * args.scale)
     lp = timed("linear_probe", lambda: cached(run / "linear_probe.json", lambda: _drop_heavy(

@@ -97,10 +97,17 @@ def plot_runs(runs: Sequence[Path], path: Path, smooth: int = 10) -> Path:
     axes[2].set(title="U (solid), T (dashed), G (dotted)", xlabel="step")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG at ``path`` atomically (a temporary file renamed), close it, return path."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
     return path

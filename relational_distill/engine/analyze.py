@@ -17,7 +17,7 @@ from ..data.sim.writer import is_synthetic_town
 from ..errors import UserError
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
-from ..report import write_result
+from ..report import save_figure, write_result
 from ..teachers.store import FeatureStore
 from .evaluate import load_student, point_outputs
 from .training import resolve_device
@@ -124,9 +124,4 @@ def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numb
     fig.suptitle("PCA of paired features" + synthetic + "\n" + ", ".join(caption))
     axes[1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
