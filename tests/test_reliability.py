@@ -610,7 +610,7 @@ def _cli(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     end = time.monotonic() + timeout
     while not condition():
         assert proc.poll() is None, proc.communicate()
