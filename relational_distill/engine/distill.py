@@ -167,7 +167,7 @@ def anchor_head(model: Student, mean: torch.Tensor, weight_scale: float = 0.1) -
 
     With a learned bias the pre-normalisation output of the student grows (|k| ~ 15 to 50 after 100 steps on the
     synthetic town) and the scale-invariant losses then move its direction ever more slowly; the fixed bias keeps
-    |k| ~ 1 (docs/convergence.md, experiment "head")."""
+    |k| ~ 1 (docs/convergence.md, section 4)."""
     with torch.no_grad():
         model.head.bias.copy_(mean)
         model.head.weight.mul_(weight_scale)
