@@ -48,7 +48,11 @@ def user_errors(fn):
             raise typer.Exit(2) from None
         except Interrupted as stop:
             print(f"interrupted ({stop.name}): {stop.detail or 'stopped'}", file=sys.stderr)
-            raise typer.Exit(stop.exit_code) from None
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # What is kept is written and what is partial removed: exit now instead of waiting on multiprocessing's
+            # exit handlers, which can hang after a pool was terminated mid-task (make-sim under SIGTERM, seen in CI).
+            os._exit(stop.exit_code)
 
     return wrapper
 
