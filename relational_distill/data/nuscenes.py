@@ -235,17 +235,22 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
     return index
 
 
-def read_lidar(dataroot: str | Path, relpath: str) -> np.ndarray:
-    """(N, 5) float32 points of a ``.pcd.bin`` file (x, y, z, intensity, ring)."""
-    path = Path(dataroot) / relpath
+def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
+    """(N, columns) float32 rows of a headerless binary point file (a ``.pcd.bin`` or a velodyne ``.bin``); a
+    missing, empty or truncated file is a one-line :class:`UserError` calling it ``what``."""
     try:
         raw = np.fromfile(path, dtype=np.float32)
     except FileNotFoundError:
-        raise UserError(f"{path}: lidar file missing; re-download or regenerate the dataset") from None
-    if raw.size == 0 or raw.size % 5:
-        raise UserError(f"{path}: truncated or corrupt lidar file ({path.stat().st_size} bytes, not a multiple of "
-                        f"20); re-download or regenerate it")
-    return raw.reshape(-1, 5)
+        raise UserError(f"{path}: {what} missing; re-download or regenerate the dataset") from None
+    if raw.size == 0 or raw.size % columns:
+        raise UserError(f"{path}: truncated or corrupt {what} ({path.stat().st_size} bytes, not a multiple of "
+                        f"{4 * columns}); re-download or regenerate it")
+    return raw.reshape(-1, columns)
+
+
+def read_lidar(dataroot: str | Path, relpath: str) -> np.ndarray:
+    """(N, 5) float32 points of a ``.pcd.bin`` file (x, y, z, intensity, ring)."""
+    return read_float32_rows(Path(dataroot) / relpath, 5, "lidar file")
 
 
 def read_labels(dataroot: str | Path, relpath: str, num_points: int, fine_to_coarse: list[int]) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from ..errors import UserError
-from .nuscenes import DatasetIndex
+from .nuscenes import DatasetIndex, read_float32_rows
 
 LEARNING_MAP_FILE = Path(__file__).with_name("semantic_kitti.yaml")
 LEARNING_MAP_FORMAT = 1
@@ -178,15 +178,7 @@ class SemanticKittiIndex(DatasetIndex):
 
     def read_points(self, sample: dict) -> np.ndarray:
         """(N, 4) float32 points (x, y, z metres in the velodyne frame, remission x 255)."""
-        path = Path(self.dataroot) / sample["lidar"]
-        try:
-            raw = np.fromfile(path, dtype=np.float32)
-        except FileNotFoundError:
-            raise UserError(f"{path}: scan missing; re-download or regenerate the dataset") from None
-        if raw.size == 0 or raw.size % 4:
-            raise UserError(f"{path}: truncated or corrupt scan ({path.stat().st_size} bytes, not a multiple of 16); "
-                            f"re-download or regenerate it")
-        points = raw.reshape(-1, 4).copy()
+        points = read_float32_rows(Path(self.dataroot) / sample["lidar"], 4, "scan").copy()
         points[:, 3] *= REMISSION_SCALE
         return points
 
