@@ -24,9 +24,25 @@ import torch
 
 
 # -- contrastive ------------------------------------------------------------------------------------------------------
-def _contrastive_plain(k: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = k @ q.T / temperature
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(k), device=k.device))
+class _PlainContrastive(torch.autograd.Function):
+    """InfoNCE with one N x N buffer: the forward turns the logits into the softmax in place and keeps it, so the
+    backward is one matrix product, ``dL/dk = (P Q - Q) / (tau N)``; autograd through ``cross_entropy`` would keep
+    the logits and their log-softmax and redo the softmax (docs/convergence.md, "Throughput")."""
+    @staticmethod
+    def forward(ctx, k, q, temperature):
+        p = (k * (1.0 / temperature)) @ q.T
+        lse = torch.logsumexp(p, 1)
+        positives = (k * q).sum(1) / temperature
+        p.sub_(lse[:, None]).exp_()
+        ctx.save_for_backward(p, q)
+        ctx.temperature = temperature
+        return (lse - positives).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        p, q = ctx.saved_tensors
+        grad = torch.addmm(q, p, q, beta=-1.0)
+        return grad * (grad_out / (ctx.temperature * len(q))), None, None
 
 
 class _BlockContrastive(torch.autograd.Function):
@@ -64,7 +80,7 @@ def contrastive_loss(k: torch.Tensor, q: torch.Tensor, temperature: float = 0.07
     """InfoNCE over the N pairs, each pair's pixel the positive and the other N-1 pixels the negatives."""
     q = q.detach()
     if block_size is None:
-        return _contrastive_plain(k, q, temperature)
+        return _PlainContrastive.apply(k, q, temperature)
     return _BlockContrastive.apply(k, q, temperature, block_size)
 
 

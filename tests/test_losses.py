@@ -41,6 +41,23 @@ def test_contrastive_matches_loops():
     assert contrastive_loss(k, q, 0.07).item() == pytest.approx(brute_contrastive(k, q, 0.07), rel=1e-10)
 
 
+@pytest.mark.parametrize("n,d", [(2, 3), (50, 12), (300, 8)])
+def test_contrastive_equals_cross_entropy_in_value_and_gradient(n, d):
+    """The in-place softmax form equals autograd through F.cross_entropy on the logits (float64)."""
+    q = unit(n, d, 17)
+    k0 = unit(n, d, 18) * 1.2
+    results = []
+    for fn in (lambda k: contrastive_loss(k, q, 0.07),
+               lambda k: F.cross_entropy(k @ q.T / 0.07, torch.arange(n))):
+        k = k0.clone().requires_grad_(True)
+        loss = fn(k)
+        (1.7 * loss).backward()
+        results.append((loss.detach(), k.grad))
+    (v0, g0), (v1, g1) = results
+    torch.testing.assert_close(v0, v1, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(g0, g1, atol=1e-10, rtol=1e-10)
+
+
 def test_similarity_matches_loops():
     k, q = unit(7, 5, 0), unit(7, 5, 1)
     want = sum(1 - float(k[i] @ q[i]) for i in range(7)) / 7
