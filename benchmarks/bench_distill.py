@@ -3,15 +3,19 @@
 Makes a 40-sample town and its sim-clip features in a temporary folder unless --town/--features are given
 (with --baseline, each variant makes its own with its own code).
 With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
-REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio.
+REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio of
+the medians over --repeats one-epoch runs (20 steps each; a single run moved by up to 1.5x from one run to the next).
+Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless --workers.
 
-    .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda] [--baseline REV]
+    .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda]
+        [--baseline REV] [--repeats 3] [--workers N]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +35,10 @@ def child(args) -> None:
     from relational_distill.config import load_config
     from relational_distill.engine.distill import DistillConfig, distill
 
-    cfg = load_config(DistillConfig, Path(args.config), {"loss": args.loss, "epochs": 1, "workers": 0})
+    overrides = {"loss": args.loss, "epochs": 1}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    cfg = load_config(DistillConfig, Path(args.config), overrides)
     result = distill(Path(args.town), Path(args.features), Path(args.out), cfg, device=args.device, quiet=True)
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else _peak_rss()
     print(json.dumps({"samples_per_second": result["samples_per_second"], "peak_bytes": peak}))
@@ -57,6 +64,8 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="relational")
     parser.add_argument("--out")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of one epoch per loss and variant (median)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers for every variant (default: each config's)")
     parser.add_argument("--baseline", help="git revision to compare with (its code and its distill_cpu.yaml)")
     args = parser.parse_args()
     if args.child:
@@ -81,19 +90,28 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--prepare", "--town", str(town), "--features", str(features)],
                        check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
         data[name] = (str(town), str(features))
-    print("| loss | code | config | device | samples/s | peak memory (MiB) |\n|---|---|---|---|---|---|")
+    print("| loss | code | config | device | samples/s (median) | runs | peak memory (MiB) |\n"
+          "|---|---|---|---|---|---|---|")
     rates: dict[tuple[str, str], float] = {}
     for loss in ("contrastive", "similarity", "relational"):
-        for name, root, config in variants:
-            town, features = data[name]
-            cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", config, "--device", args.device,
-                   "--town", town, "--features", features, "--out", str(tmp / f"run-{loss}-{len(rates)}")]
-            env = {**os.environ, "PYTHONPATH": str(root)}
-            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=root)
-                             .stdout.strip().splitlines()[-1])
-            rates[loss, name] = res["samples_per_second"]
-            print(f"| {loss} | {name} | {Path(config).name} | {args.device} | {res['samples_per_second']:.2f} | "
-                  f"{res['peak_bytes'] / 2**20:.0f} |", flush=True)
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+        for repeat in range(args.repeats):  # interleaved, so a slow spell of the machine hits every variant
+            for name, root, config in variants:
+                town, features = data[name]
+                cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", config, "--device",
+                       args.device, "--town", town, "--features", features,
+                       "--out", str(tmp / f"run-{loss}-{name.split()[0]}-{repeat}")]
+                if args.workers is not None:
+                    cmd += ["--workers", str(args.workers)]
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                runs[name].append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
+                                                            cwd=root).stdout.strip().splitlines()[-1]))
+        for name, _, config in variants:
+            each = [r["samples_per_second"] for r in runs[name]]
+            rates[loss, name] = statistics.median(each)
+            print(f"| {loss} | {name} | {Path(config).name} | {args.device} | {rates[loss, name]:.2f} | "
+                  f"{' '.join(f'{x:.2f}' for x in each)} | {max(r['peak_bytes'] for r in runs[name]) / 2**20:.0f} |",
+                  flush=True)
     if args.baseline:
         base = variants[1][0]
         print("\nspeed-up of this tree over " + base + ": " +
