@@ -36,7 +36,7 @@ class DistillConfig:
 
     loss: str = "relational"
     preset: str = "small"
-    epochs: int = 16
+    epochs: int = 32
     batch_size: int = 2
     num_pairs: int | None = 4096     # pairs per batch fed to the loss (N); None: every pair of the batch
     pairs_per_sample: int | None = 8192  # pairs loaded per sample before the per-batch draw; None: every pair
