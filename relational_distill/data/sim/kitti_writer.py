@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -21,12 +19,11 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
-from ...interrupt import Interrupted
 from ..geometry import invert_transform, make_transform
 from .layout import FINE, SceneLayout
 from .sensors import LIDARS, camera_calibration, render_camera, scan_lidar
 from .writer import (SAMPLE_PERIOD_US, SIDECAR_DIR, SimConfig, check_free_space, ego_to_local, render_scenes,
-                     scene_drive)
+                     scene_drive, staged_folder, write_bytes)
 
 TRAIN_SEQUENCE, VAL_SEQUENCE = "00", "08"
 # The town's nuScenes fine categories -> SemanticKITTI raw ids (docs/datasets.md: classes without a counterpart).
@@ -97,11 +94,6 @@ def raw_labels(layout: SceneLayout, category: np.ndarray, instance: np.ndarray, 
     return (inst_id << np.uint32(16)) | raw
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 def _render_scene(cfg: SimConfig, scene_idx: int, root: Path, sequence: str, first_frame: int,
                   instance_offset: int) -> list[np.ndarray]:
     """Render one scene's frames into ``root/sequences/<sequence>``; returns camera 0 -> global poses (4, 4)."""
@@ -118,16 +110,16 @@ def _render_scene(cfg: SimConfig, scene_idx: int, root: Path, sequence: str, fir
         points, category, instance = scan_lidar(layout, LIDARS[cfg.lidar], lidar_to_local, rng)
         local = points[:, :3].astype(np.float64) @ lidar_to_local[:3, :3].T + lidar_to_local[:3, 3]
         scan = np.column_stack([points[:, :3], points[:, 3] / 255.0]).astype(np.float32)
-        _write(folder / "velodyne" / f"{frame}.bin", scan.tobytes())
+        write_bytes(folder / "velodyne" / f"{frame}.bin", scan.tobytes())
         labels = raw_labels(layout, category, instance, local, instance_offset)
-        _write(folder / "labels" / f"{frame}.label", labels.astype(np.uint32).tobytes())
+        write_bytes(folder / "labels" / f"{frame}.label", labels.astype(np.uint32).tobytes())
         rgb, cat_map, inst_map = render_camera(layout, ego_local @ rig["cam2_to_ego"], rig["K"], cfg.image_size, rng)
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
-        _write(folder / "image_2" / f"{frame}.png", buf.getvalue())
+        write_bytes(folder / "image_2" / f"{frame}.png", buf.getvalue())
         buf = io.BytesIO()
         np.savez_compressed(buf, category=cat_map, instance=inst_map)
-        _write(root / SIDECAR_DIR / "sequences" / sequence / "image_2" / f"{frame}.npz", buf.getvalue())
+        write_bytes(root / SIDECAR_DIR / "sequences" / sequence / "image_2" / f"{frame}.npz", buf.getvalue())
         poses.append(local_to_global @ ego_local @ rig["cam0_to_ego"])
     return poses
 
@@ -136,8 +128,6 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate the town into ``out`` (which must not exist or be empty) in SemanticKITTI's layout."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or delete it")
     train_scenes = cfg.scenes - cfg.val_scenes
     plan = []  # (scene, sequence, first frame, instance offset)
     for s in range(cfg.scenes):
@@ -147,10 +137,7 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
                             f"sequence's 16-bit instance ids in the semantickitti format; use fewer scenes")
         plan.append((s, sequence, position * cfg.samples_per_scene, position * INSTANCES_PER_SCENE))
     check_free_space(out, cfg)
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(out) as tmp:
         poses: dict[str, list[np.ndarray]] = {TRAIN_SEQUENCE: [], VAL_SEQUENCE: []}
         render_scenes(_render_scene, [(cfg, s, tmp, q, f, i) for s, q, f, i in plan], workers,
                       lambda job, scene_poses: poses[job[3]].extend(scene_poses), progress)
@@ -163,13 +150,5 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
         (tmp / SIDECAR_DIR / "generator.json").write_text(json.dumps(
             {"rdistill_sim": {**asdict(cfg), "format": "semantickitti"},
              "sequences": {q: len(p) for q, p in poses.items()}}, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, Interrupted):
-            err.detail = f"nothing was written to {out} (the partial town was removed)"
-        raise
     return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out),
             "sequences": {q: len(p) for q, p in poses.items()}}

@@ -15,7 +15,8 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -137,7 +138,7 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
         points, category, instance = scan_lidar(layout, lidar_model, ego_lidar @ lidar_cs, rng)
         base = f"n000-sim-{cfg.lidar}-{scene_idx:04d}"
         files = {"LIDAR_TOP": (f"samples/LIDAR_TOP/{base}__LIDAR_TOP__{t_lidar}.pcd.bin", t_lidar, ego_lidar)}
-        _write_bytes(root / files["LIDAR_TOP"][0], points.tobytes())
+        write_bytes(root / files["LIDAR_TOP"][0], points.tobytes())
         for cam in CAMERAS:
             t_cam = t_lidar + camera_time_offset_us(cam)
             ego_cam = ego_to_local(x_start + speed * (t_cam - t0) / 1e6, layout.ego_lane_y)
@@ -146,10 +147,10 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
             name = f"samples/{cam}/{base}__{cam}__{t_cam}.jpg"
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="JPEG", quality=92)
-            _write_bytes(root / name, buf.getvalue())
+            write_bytes(root / name, buf.getvalue())
             buf = io.BytesIO()
             np.savez_compressed(buf, category=cat_map, instance=inst_map)
-            _write_bytes(root / SIDECAR_DIR / (name[:-4] + ".npz"), buf.getvalue())
+            write_bytes(root / SIDECAR_DIR / (name[:-4] + ".npz"), buf.getvalue())
             files[cam] = (name, t_cam, ego_cam)
         for channel, (name, stamp, ego_local) in files.items():
             sd_token = _token(seed, "sd", channel, k)
@@ -167,7 +168,7 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
             tables["sample_data"].append(record)
         lidar_sd = _token(seed, "sd", "LIDAR_TOP", k)
         label_file = f"lidarseg/{cfg.version}/{lidar_sd}_lidarseg.bin"
-        _write_bytes(root / label_file, category.astype(np.uint8).tobytes())
+        write_bytes(root / label_file, category.astype(np.uint8).tobytes())
         tables["lidarseg"].append({"token": lidar_sd, "sample_data_token": lidar_sd, "filename": label_file})
         counts = np.bincount(instance[instance >= 0], minlength=len(layout.objects))
         for obj in layout.objects:
@@ -200,7 +201,7 @@ def _scene_tables(cfg: SimConfig, scene_idx: int, root: Path) -> dict[str, list[
     return tables
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
@@ -259,17 +260,34 @@ def render_scenes(render: Callable, jobs: list[tuple], workers: int, collect: Ca
             check_interrupt()
 
 
-def make_town(out: Path, cfg: SimConfig, workers: int = 2,
-              progress: Callable[[int, int], None] | None = None) -> dict:
-    """Generate the town into ``out`` (which must not exist or be empty). Returns a small summary dict."""
-    out = Path(out)
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write a whole dataset into, renamed to ``out`` when the block succeeds and
+    removed when it fails or is stopped, so ``out`` is either complete or absent. ``out`` must not exist or be
+    empty."""
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or delete it")
-    check_free_space(out, cfg)
     tmp = out.with_name(out.name + f".partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Interrupted):
+            err.detail = f"nothing was written to {out} (the partial town was removed)"
+        raise
+
+
+def make_town(out: Path, cfg: SimConfig, workers: int = 2,
+              progress: Callable[[int, int], None] | None = None) -> dict:
+    """Generate the town into ``out`` (which must not exist or be empty). Returns a small summary dict."""
+    out = Path(out)
+    check_free_space(out, cfg)
+    with staged_folder(out) as tmp:
         tables: dict[str, list[dict]] = {}
 
         def collect(job: tuple, scene_tables: dict[str, list[dict]]) -> None:
@@ -283,19 +301,11 @@ def make_town(out: Path, cfg: SimConfig, workers: int = 2,
         for name, rows in tables.items():
             (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
         map_rec = tables["map"][0]
-        _write_bytes(tmp / map_rec["filename"], _map_png())
+        write_bytes(tmp / map_rec["filename"], _map_png())
         scene_names = [s["name"] for s in tables["scene"]]
         splits = {"train": scene_names[: cfg.scenes - cfg.val_scenes], "val": scene_names[cfg.scenes - cfg.val_scenes:],
                   "version": cfg.version, "generator": {"rdistill_sim": asdict(cfg)}}
         (tmp / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, Interrupted):
-            err.detail = f"nothing was written to {out} (the partial town was removed)"
-        raise
     return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out)}
 
 
