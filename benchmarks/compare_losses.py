@@ -9,7 +9,7 @@ bound (the same student from scratch on 100 % of the labels, ``configs/upper_bou
 ``results.md``, ``results.json`` and ``results.png`` into --out, and the correlation between the structural
 gaps (G, |dU|, |dT|) and the mIoUs. Every number it produces is synthetic.
 
-    .venv/bin/python benchmarks/compare_losses.py --out runs/compare            # CPU size
+    .venv/bin/python benchmarks/compare_losses.py --out runs/compare --jobs 2   # CPU size, 2 cores
     .venv/bin/python benchmarks/compare_losses.py --out runs/compare-gpu --scale 4 --device cuda
 
 Runs are resumable: a step whose result JSON exists is not run again.
