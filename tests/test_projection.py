@@ -119,3 +119,29 @@ def test_a_point_reads_the_teacher_cell_that_covers_its_pixel(tmp_path):
     got = item["pair_teacher"].argmax(1).numpy()
     want = (np.floor(cell_y[clear]) * gw + np.floor(cell_x[clear])).astype(np.int64)[item["pair_point"].numpy()]
     assert (got == want).all()
+
+
+def test_teacher_features_at_pixels_are_grid_samples_bilinear_reads():
+    """sample_at_pixels against torch's own bilinear sampler (grid_sample, align_corners=False, border padding,
+    one camera at a time) on three cameras of different image sizes, pixels near the borders included."""
+    import torch
+    import torch.nn.functional as F
+
+    from relational_distill.data.projection import sample_at_pixels
+
+    rng = np.random.default_rng(3)
+    sizes = [(1600, 900), (640, 480), (1241, 376)]
+    features = torch.from_numpy(rng.normal(size=(3, 24, 7, 13)).astype(np.float16))
+    camera = torch.from_numpy(rng.integers(0, 3, 4000))
+    scale = torch.tensor(sizes, dtype=torch.float64)[camera]
+    uv = torch.from_numpy(rng.uniform(-0.5, 1.0, (4000, 2))) * scale  # some past the last cell centre
+    uv[:10] = 0.0
+    uv[10:20] = scale[10:20] - 1
+    got = sample_at_pixels(features, camera, uv, sizes)
+    want = torch.empty(4000, 24)
+    for c, (width, height) in enumerate(sizes):
+        sel = camera == c
+        grid = torch.stack([(2 * uv[sel, 0] + 1) / width - 1, (2 * uv[sel, 1] + 1) / height - 1], 1)
+        want[sel] = F.grid_sample(features[c:c + 1].float(), grid.view(1, 1, -1, 2).float(), mode="bilinear",
+                                  padding_mode="border", align_corners=False)[0, :, 0].T
+    torch.testing.assert_close(got, F.normalize(want, dim=1), rtol=0, atol=1e-5)

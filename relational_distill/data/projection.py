@@ -28,15 +28,15 @@ def project_points(points_xyz: np.ndarray, lidar_to_camera: np.ndarray, intrinsi
     """
     pts = np.asarray(points_xyz, dtype=np.float64)
     cam = pts @ lidar_to_camera[:3, :3].T + lidar_to_camera[:3, 3]
-    depth = cam[:, 2]
+    front = np.nonzero(cam[:, 2] > min_depth)[0]  # only these can be kept: project them alone
     with np.errstate(divide="ignore", invalid="ignore"):
-        proj = cam @ np.asarray(intrinsic, dtype=np.float64).T
+        proj = cam[front] @ np.asarray(intrinsic, dtype=np.float64).T
         uv = proj[:, :2] / proj[:, 2:3]
     width, height = image_size
-    keep = ((depth > min_depth) & (uv[:, 0] > IMAGE_MARGIN_PX) & (uv[:, 0] < width - IMAGE_MARGIN_PX)
+    keep = ((uv[:, 0] > IMAGE_MARGIN_PX) & (uv[:, 0] < width - IMAGE_MARGIN_PX)
             & (uv[:, 1] > IMAGE_MARGIN_PX) & (uv[:, 1] < height - IMAGE_MARGIN_PX))
-    index = np.nonzero(keep)[0]
-    return index, uv[index], depth[index]
+    index = front[keep]
+    return index, uv[keep], cam[index, 2]
 
 
 def pair_points(points_xyz: np.ndarray, cameras: list[dict], min_depth: float = 1.0
@@ -71,12 +71,17 @@ def sample_at_pixels(features: torch.Tensor, camera_index: torch.Tensor, uv: tor
     Returns:
         (M, D) float32, L2-normalised.
     """
-    out = torch.empty(len(uv), features.shape[1], dtype=torch.float32)
-    for c in torch.unique(camera_index).tolist():
-        sel = camera_index == c
-        width, height = image_sizes[c]
-        grid = torch.stack([(2 * uv[sel, 0] + 1) / width - 1, (2 * uv[sel, 1] + 1) / height - 1], 1)
-        sampled = F.grid_sample(features[c:c + 1].float(), grid.view(1, 1, -1, 2).float(), mode="bilinear",
-                                padding_mode="border", align_corners=False)
-        out[sel] = sampled[0, :, 0].T
-    return F.normalize(out, dim=1)
+    cameras, dim, gh, gw = features.shape
+    size = torch.tensor(image_sizes, dtype=torch.float64)[camera_index]  # (M, 2): width, height
+    # the pixel centre in grid-cell coordinates (cell centres on integers), clamped to the border cells
+    x = ((uv[:, 0].double() + 0.5) * (gw / size[:, 0]) - 0.5).clamp(0, gw - 1)
+    y = ((uv[:, 1].double() + 0.5) * (gh / size[:, 1]) - 0.5).clamp(0, gh - 1)
+    x0, y0 = x.floor().long(), y.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=gw - 1), (y0 + 1).clamp(max=gh - 1)
+    wx, wy = x - x0, y - y0
+    first = camera_index.long() * (gh * gw)
+    taps = torch.stack([first + y0 * gw + x0, first + y0 * gw + x1, first + y1 * gw + x0, first + y1 * gw + x1], 1)
+    weights = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], 1).float()
+    # channels last, so that each tap reads one contiguous row of D values; one weighted sum of 4 rows per pixel
+    cells = features.permute(0, 2, 3, 1).reshape(cameras * gh * gw, dim).float()
+    return F.normalize(F.embedding_bag(taps, cells, per_sample_weights=weights, mode="sum"), dim=1)
