@@ -31,9 +31,12 @@ class _PlainContrastive(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, q, temperature):
         p = (k * (1.0 / temperature)) @ q.T
-        lse = torch.logsumexp(p, 1)
+        top = p.amax(1, keepdim=True)
+        p.sub_(top).exp_()  # one exp over the N x N logits: their softmax is this over its row sums
+        total = p.sum(1, keepdim=True)
+        p.div_(total)
+        lse = (top + total.log()).squeeze(1)
         positives = (k * q).sum(1) / temperature
-        p.sub_(lse[:, None]).exp_()
         ctx.save_for_backward(p, q)
         ctx.temperature = temperature
         return (lse - positives).mean()
