@@ -4,11 +4,12 @@ Makes a 40-sample town and its sim-clip features in a temporary folder unless --
 (with --baseline, each variant makes its own with its own code).
 With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
 REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio of
-the medians over --repeats one-epoch runs (20 steps each; a single run moved by up to 1.5x from one run to the next).
-Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless --workers.
+the medians over --repeats runs of --epochs epochs (16 steps each; a single run moved by up to 1.5x from one run to
+the next). Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless
+--workers.
 
     .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda]
-        [--baseline REV] [--repeats 3] [--workers N]
+        [--baseline REV] [--repeats 3] [--epochs 1] [--workers N]
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def child(args) -> None:
     from relational_distill.config import load_config
     from relational_distill.engine.distill import DistillConfig, distill
 
-    overrides = {"loss": args.loss, "epochs": 1}
+    overrides = {"loss": args.loss, "epochs": args.epochs}
     if args.workers is not None:
         overrides["workers"] = args.workers
     cfg = load_config(DistillConfig, Path(args.config), overrides)
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="relational")
     parser.add_argument("--out")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of one epoch per loss and variant (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per loss and variant (median)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of each run")
     parser.add_argument("--workers", type=int, help="DataLoader workers for every variant (default: each config's)")
     parser.add_argument("--baseline", help="git revision to compare with (its code and its distill_cpu.yaml)")
     args = parser.parse_args()
@@ -100,7 +102,7 @@ def main() -> None:
                 town, features = data[name]
                 cmd = [sys.executable, __file__, "--child", "--loss", loss, "--config", config, "--device",
                        args.device, "--town", town, "--features", features,
-                       "--out", str(tmp / f"run-{loss}-{name.split()[0]}-{repeat}")]
+                       "--out", str(tmp / f"run-{loss}-{name.split()[0]}-{repeat}"), "--epochs", str(args.epochs)]
                 if args.workers is not None:
                     cmd += ["--workers", str(args.workers)]
                 env = {**os.environ, "PYTHONPATH": str(root)}

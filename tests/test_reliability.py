@@ -242,12 +242,13 @@ def test_nan_loss_via_cli_keeps_last_good_checkpoint(run, town, store_dir, tiny_
 
 
 class _Points(torch.utils.data.Dataset):
-    """8 tiny samples in the format ``collate`` takes."""
+    """8 tiny samples in the format ``collate`` takes, keyed by (epoch, i) as ``train`` asks; the same each epoch."""
 
     def __len__(self) -> int:
         return 8
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
         g = torch.Generator().manual_seed(i)
         return {"token": str(i), "points": torch.randn(4, 5, generator=g), "labels": torch.zeros(4, dtype=torch.long)}
 
@@ -320,6 +321,37 @@ def test_resume_moves_the_model_before_loading_the_optimizer_state(tmp_path, mon
             for name, value in optimizer.state[p].items():
                 if name != "step":
                     assert value.dtype == torch.float64, name
+
+
+class _KeyedPoints(_Points):
+    """9 samples whose token says which (epoch, i) was asked for, and by which process."""
+
+    def __len__(self) -> int:
+        return 9
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return {**super().__getitem__(key), "token": (*key, os.getpid())}
+
+
+def test_every_epoch_reads_its_own_order_from_one_worker_started_once(tmp_path):
+    """Three epochs of 9 samples in batches of 2: each epoch's 4 steps read that epoch's seeded permutation in
+    order (the ninth sample dropped), keyed by its epoch; one DataLoader worker serves the whole run."""
+    seen = []
+
+    def step(model, batch, s):
+        seen.append(batch["tokens"])
+        return _linear_step(model, batch, s)
+
+    model = torch.nn.Linear(5, 2)
+    cfg = LoopConfig(out=tmp_path / "r", epochs=3, batch_size=2, seed=4, workers=1, quiet=True)
+    train(cfg, model, [{"params": model.parameters(), "lr": 0.01}], 0.0, _KeyedPoints(), step, _META)
+    want = []
+    for epoch in range(3):
+        perm = torch.randperm(9, generator=torch.Generator().manual_seed(4 * 100_003 + epoch)).tolist()
+        want += [[(epoch, i) for i in perm[b:b + 2]] for b in (0, 2, 4, 6)]
+    assert [[(e, i) for e, i, _ in tokens] for tokens in seen] == want
+    pids = {pid for tokens in seen for _, _, pid in tokens}
+    assert len(pids) == 1 and os.getpid() not in pids
 
 
 def test_global_batch_must_divide_over_processes(tmp_path, monkeypatch, capsys):

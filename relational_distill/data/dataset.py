@@ -62,9 +62,9 @@ def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, 
 
 
 class PointCloudDataset(Dataset):
-    """Samples of one split. ``augment`` applies a random rotation about z and a random flip to the points
-    (pairs were computed before, so they stay valid). Pair subsampling and augmentation are seeded by
-    (seed, epoch, item), so a resumed run sees exactly the same data."""
+    """Samples of one split, keyed by ``(epoch, i)``: sample ``i`` as drawn in ``epoch``. ``augment`` applies a
+    random rotation about z and a random flip to the points (pairs were computed before, so they stay valid).
+    Pair subsampling and augmentation are seeded by (seed, epoch, i), so a resumed run sees exactly the same data."""
 
     def __init__(self, index: DatasetIndex, samples: list[dict], store: Reader | None = None,
                  max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0,
@@ -72,16 +72,13 @@ class PointCloudDataset(Dataset):
         self.index, self.samples, self.store = index, samples, store
         self.superpixels = superpixels
         self.max_pairs, self.augment, self.seed, self.min_depth = max_pairs, augment, seed, min_depth
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        rng = np.random.default_rng([self.seed, epoch, i])
         item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng,
                            self.superpixels)
         if self.augment:

@@ -10,6 +10,7 @@ written; the log is only ever appended to.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -96,6 +97,18 @@ def epoch_order(n: int, seed: int, epoch: int, dist_info: Distributed) -> list[i
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     per_rank = n // dist_info.world
     return perm[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epochs: range, dist_info: Distributed
+                  ) -> list[list[tuple[int, int]]]:
+    """This rank's batches of ``batch_size`` items for ``epochs``, epoch after epoch, each item keyed by
+    ``(epoch, sample)`` in :func:`epoch_order`; an epoch's last incomplete batch is dropped."""
+    batches = []
+    for epoch in epochs:
+        order = epoch_order(n, seed, epoch, dist_info)
+        batches += [[(epoch, i) for i in order[b:b + batch_size]]
+                    for b in range(0, len(order) - batch_size + 1, batch_size)]
+    return batches
 
 
 def make_optimizer(param_groups: list[dict], name: str, weight_decay: float) -> torch.optim.Optimizer:
@@ -203,6 +216,9 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
           on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss.
 
+    ``dataset[(epoch, i)]`` is sample ``i`` as drawn in ``epoch`` (its random draws seeded by both, so that a
+    resumed run sees exactly the data of an uninterrupted one).
+
     Writes ``checkpoint.pt`` (atomically, after every epoch whose weights are finite on every rank) and appends
     to ``log.jsonl`` (one line per step, one per resume); returns a result dict. ``cfg.batch_size`` is the global
     batch: each of the ``torchrun`` processes takes ``batch_size / world size`` samples a step. With
@@ -272,15 +288,16 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     try:
         with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar:
             bar.advance(step)
+            # one loader for every epoch left: its workers start once and load across epoch boundaries
+            loader = DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), batch_size, cfg.seed,
+                                                                     range(start_epoch, cfg.epochs), dinfo),
+                                collate_fn=collate, num_workers=cfg.workers,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            batches = iter(loader)
             for epoch in range(start_epoch, cfg.epochs):
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(epoch)
-                order = epoch_order(len(dataset), cfg.seed, epoch, dinfo)
-                loader = DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate,
-                                    num_workers=cfg.workers, drop_last=True, persistent_workers=False)
                 model.train()
                 losses = []
-                for batch in loader:
+                for batch in itertools.islice(batches, epoch_steps):
                     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                         loss = step_fn(ddp_model, batch, step)
                     finite = bool(torch.isfinite(loss))
