@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from .threads import CORES, cpu_threads
+
 
 # -- contrastive ------------------------------------------------------------------------------------------------------
 class _PlainContrastive(torch.autograd.Function):
@@ -30,7 +32,8 @@ class _PlainContrastive(torch.autograd.Function):
     the logits and their log-softmax and redo the softmax (docs/convergence.md, "Throughput")."""
     @staticmethod
     def forward(ctx, k, q, temperature):
-        p = (k * (1.0 / temperature)) @ q.T
+        with cpu_threads(CORES):  # the N x N products on every core, also inside a training loop (threads.py)
+            p = (k * (1.0 / temperature)) @ q.T
         top = p.amax(1, keepdim=True)
         p.sub_(top).exp_()  # one exp over the N x N logits: their softmax is this over its row sums
         total = p.sum(1, keepdim=True)
@@ -44,7 +47,8 @@ class _PlainContrastive(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         p, q = ctx.saved_tensors
-        grad = torch.addmm(q, p, q, beta=-1.0)
+        with cpu_threads(CORES):
+            grad = torch.addmm(q, p, q, beta=-1.0)
         return grad * (grad_out / (ctx.temperature * len(q))), None, None
 
 
@@ -168,7 +172,8 @@ def _relational_gram(k: torch.Tensor, q: torch.Tensor, intra_weight: float) -> t
     <K^T K, Q^T Q> - 2 <K^T Q, Q^T Q> + ||Q^T Q||^2``. Their Frobenius products are summed in float64, since each
     term is a difference of numbers of order N^2."""
     n = k.shape[0]
-    kk, kq, qq = (k.T @ k).double(), (k.T @ q).double(), (q.T @ q).double()   # (D, D) each
+    with cpu_threads(CORES):  # the N x D x D products on every core, also inside a training loop (threads.py)
+        kk, kq, qq = (k.T @ k).double(), (k.T @ q).double(), (q.T @ q).double()   # (D, D) each
     qq_sq = (qq * qq).sum()
     cross_all = (kk * qq).sum() - 2 * (kq * qq).sum() + qq_sq                  # ||(K - Q) Q^T||^2
     cross_diag = ((k - q) * q).sum(1).double().pow(2).sum()                    # sum_i ((k_i - q_i) . q_i)^2

@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt
 from ..progress import progress_bar
 from ..report import read_log
+from ..threads import CORES, cpu_threads
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -286,7 +287,10 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
             print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
                   + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
     try:
-        with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar:
+        # on CPU, one core for each DataLoader worker and the rest for the student (threads.py)
+        threads = max(1, CORES - cfg.workers) if cfg.device == "cpu" else torch.get_num_threads()
+        with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar, \
+                cpu_threads(threads):
             bar.advance(step)
             # one loader for every epoch left: its workers start once and load across epoch boundaries
             loader = DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), batch_size, cfg.seed,
