@@ -354,6 +354,36 @@ def test_every_epoch_reads_its_own_order_from_one_worker_started_once(tmp_path):
     assert len(pids) == 1 and os.getpid() not in pids
 
 
+def test_training_on_cpu_leaves_a_core_to_each_worker_and_restores_the_threads(tmp_path):
+    """Inside the loop the student has the cores the DataLoader worker does not take (at least one), the losses'
+    large products every core; after it, the caller's thread count is back."""
+    from relational_distill.losses import contrastive_loss
+    from relational_distill.threads import CORES
+
+    seen = []
+    real_mm = torch.Tensor.__matmul__
+
+    def step(model, batch, s):
+        seen.append(("step", torch.get_num_threads()))
+        k = torch.nn.functional.normalize(torch.randn(8, 4, requires_grad=True), dim=1)
+        contrastive_loss(k, torch.nn.functional.normalize(torch.randn(8, 4), dim=1))
+        return _linear_step(model, batch, s)
+
+    def mm(a, b):
+        seen.append(("mm", torch.get_num_threads()))
+        return real_mm(a, b)
+
+    before = torch.get_num_threads()
+    model = torch.nn.Linear(5, 2)
+    cfg = LoopConfig(out=tmp_path / "r", epochs=1, batch_size=2, workers=1, quiet=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "__matmul__", mm)
+        train(cfg, model, [{"params": model.parameters(), "lr": 0.01}], 0.0, _Points(), step, _META)
+    assert {n for what, n in seen if what == "step"} == {max(1, CORES - 1)}
+    assert {n for what, n in seen if what == "mm"} == {CORES}
+    assert torch.get_num_threads() == before
+
+
 def test_global_batch_must_divide_over_processes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(training, "init_distributed", lambda device: training.Distributed(0, 2))
     model = torch.nn.Linear(5, 2)
