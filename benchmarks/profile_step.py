@@ -1,7 +1,8 @@
 """Where the time of one CPU distillation step goes, phase by phase, for each loss (configs/distill_cpu.yaml):
 loading a sample (lidar, labels, teacher features), pairing (projection into the six cameras) and sampling the
 teacher at the pixels, voxelisation, student forward, loss, backward, optimiser step. Medians over --steps
-batches of two samples, after one warm-up step; in the main process (no DataLoader worker overlap).
+batches of two samples, after one warm-up step; in the main process (no DataLoader worker overlap), on the threads
+`rdistill distill` gives the student beside its config's DataLoader workers (relational_distill/threads.py).
 
     .venv/bin/python benchmarks/profile_step.py --town TOWN --features FEATURES [--steps 8]
 """
@@ -26,6 +27,7 @@ def main() -> None:
     from relational_distill.losses import make_loss
     from relational_distill.models.sparse_unet import Student, VoxelConfig
     from relational_distill.teachers.store import FeatureStore
+    from relational_distill.threads import CORES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--town", required=True)
@@ -39,6 +41,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"| loss | load + pair + teacher at pixels (2 samples) | of which pairing | voxelise | forward | loss | "
           f"backward | optimiser | total |\n|---|---|---|---|---|---|---|---|---|")
+    torch.set_num_threads(max(1, CORES - cfg.workers))
     for loss_name in ("contrastive", "similarity", "relational"):
         torch.manual_seed(0)
         model = Student(store.manifest.dim, cfg.preset, VoxelConfig(cfg.voxel_size, cfg.voxel_mode))
