@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .threads import CORES, cpu_threads
+from .threads import all_threads
 
 
 # -- contrastive ------------------------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ class _PlainContrastive(torch.autograd.Function):
     the logits and their log-softmax and redo the softmax (docs/convergence.md, "Throughput")."""
     @staticmethod
     def forward(ctx, k, q, temperature):
-        with cpu_threads(CORES):  # the N x N products on every core, also inside a training loop (threads.py)
+        with all_threads():  # the N x N products on every core, also inside a training loop (threads.py)
             p = (k * (1.0 / temperature)) @ q.T
         top = p.amax(1, keepdim=True)
         p.sub_(top).exp_()  # one exp over the N x N logits: their softmax is this over its row sums
@@ -47,7 +47,7 @@ class _PlainContrastive(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         p, q = ctx.saved_tensors
-        with cpu_threads(CORES):
+        with all_threads():
             grad = torch.addmm(q, p, q, beta=-1.0)
         return grad * (grad_out / (ctx.temperature * len(q))), None, None
 
@@ -172,7 +172,7 @@ def _relational_gram(k: torch.Tensor, q: torch.Tensor, intra_weight: float) -> t
     <K^T K, Q^T Q> - 2 <K^T Q, Q^T Q> + ||Q^T Q||^2``. Their Frobenius products are summed in float64, since each
     term is a difference of numbers of order N^2."""
     n = k.shape[0]
-    with cpu_threads(CORES):  # the N x D x D products on every core, also inside a training loop (threads.py)
+    with all_threads():  # the N x D x D products on every core, also inside a training loop (threads.py)
         kk, kq, qq = (k.T @ k).double(), (k.T @ q).double(), (q.T @ q).double()   # (D, D) each
     qq_sq = (qq * qq).sum()
     cross_all = (kk * qq).sum() - 2 * (kq * qq).sum() + qq_sq                  # ||(K - Q) Q^T||^2

@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt
 from ..progress import progress_bar
 from ..report import read_log
-from ..threads import CORES, cpu_threads
+from ..threads import training_threads
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -288,9 +288,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                   + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
     try:
         # on CPU, one core for each DataLoader worker and the rest for the student (threads.py)
-        threads = max(1, CORES - cfg.workers) if cfg.device == "cpu" else torch.get_num_threads()
         with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar, \
-                cpu_threads(threads):
+                training_threads(cfg.workers if cfg.device == "cpu" else 0):
             bar.advance(step)
             # one loader for every epoch left: its workers start once and load across epoch boundaries
             loader = DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), batch_size, cfg.seed,
