@@ -35,6 +35,7 @@ class Interrupted(KeyboardInterrupt):
 
 _requested: list[int] = []  # signals received since stop_on_signals() began
 _forking = [False]          # True between the at-fork hooks (a plain flag: no lock may be taken there)
+_deferring = [0]            # depth of deferred() blocks
 
 
 def _set_forking(value: bool) -> None:
@@ -47,8 +48,20 @@ os.register_at_fork(before=lambda: _set_forking(True), after_in_parent=lambda: _
 
 def _raise(signum: int, frame) -> None:
     _requested.append(signum)
-    if not _forking[0]:
+    if not _forking[0] and not _deferring[0]:
         raise Interrupted(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block a stop is recorded, not raised; the next :func:`check` raises it. For a step that must not
+    be cut in half: receiving a DataLoader batch fetches its tensors' file descriptors from the worker over a
+    connection, and an exception in the middle makes the worker print a traceback."""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
 
 
 def check() -> None:

@@ -829,3 +829,17 @@ def test_wheel_ships_the_configs(tmp_path):
         assert f"relational_distill/configs/{config}" in names
     assert "relational_distill/checkpoint.py" in names
     assert "relational_distill/data/semantic_kitti.yaml" in names  # the SemanticKITTI learning map
+
+
+def test_a_stop_inside_deferred_is_raised_by_the_next_check_not_inside():
+    from relational_distill.interrupt import Interrupted, check, deferred, stop_on_signals
+
+    finished = []
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as stop:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)  # the handler has run by now
+                finished.append(True)
+            check()
+    assert finished == [True] and stop.value.signum == signal.SIGTERM

@@ -10,7 +10,6 @@ written; the log is only ever appended to.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..data.dataset import collate
 from ..errors import UserError
-from ..interrupt import Interrupted, check as check_interrupt
+from ..interrupt import Interrupted, check as check_interrupt, deferred as deferred_stop
 from ..progress import progress_bar
 from ..report import read_log
 from ..threads import training_threads
@@ -300,7 +299,9 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
             for epoch in range(start_epoch, cfg.epochs):
                 model.train()
                 losses = []
-                for batch in itertools.islice(batches, epoch_steps):
+                for _ in range(epoch_steps):
+                    with deferred_stop():  # a batch is received whole (interrupt.py)
+                        batch = next(batches)
                     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                         loss = step_fn(ddp_model, batch, step)
                     finite = bool(torch.isfinite(loss))
