@@ -34,21 +34,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 _requested: list[int] = []  # signals received since stop_on_signals() began
-_forking = [False]          # True between the at-fork hooks (a plain flag: no lock may be taken there)
-_deferring = [0]            # depth of deferred() blocks
+_deferring = [0]            # forks in progress and deferred() blocks: while > 0 a stop is recorded, not raised
 
 
-def _set_forking(value: bool) -> None:
-    _forking[0] = value
+def _defer(step: int) -> None:
+    _deferring[0] += step  # a plain counter: the at-fork hooks may take no lock
 
 
-os.register_at_fork(before=lambda: _set_forking(True), after_in_parent=lambda: _set_forking(False),
-                    after_in_child=lambda: _set_forking(False))
+os.register_at_fork(before=lambda: _defer(1), after_in_parent=lambda: _defer(-1),
+                    after_in_child=lambda: _defer(-1))
 
 
 def _raise(signum: int, frame) -> None:
     _requested.append(signum)
-    if not _forking[0] and not _deferring[0]:
+    if not _deferring[0]:
         raise Interrupted(signum)
 
 
@@ -56,12 +55,13 @@ def _raise(signum: int, frame) -> None:
 def deferred() -> Iterator[None]:
     """Within the block a stop is recorded, not raised; the next :func:`check` raises it. For a step that must not
     be cut in half: receiving a DataLoader batch fetches its tensors' file descriptors from the worker over a
-    connection, and an exception in the middle makes the worker print a traceback."""
-    _deferring[0] += 1
+    connection, and an exception in the middle makes the worker print a traceback. A fork is deferred the same
+    way."""
+    _defer(1)
     try:
         yield
     finally:
-        _deferring[0] -= 1
+        _defer(-1)
 
 
 def check() -> None:

@@ -248,7 +248,7 @@ class _Points(torch.utils.data.Dataset):
         return 8
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, i = key
+        _, i = key
         g = torch.Generator().manual_seed(i)
         return {"token": str(i), "points": torch.randn(4, 5, generator=g), "labels": torch.zeros(4, dtype=torch.long)}
 
