@@ -48,7 +48,7 @@ def child(args) -> None:
 def prepare(town: Path, features: Path) -> None:
     """A 40-sample town and its sim-clip features, made by the code on PYTHONPATH (each variant makes its own,
     since feature stores of one version are refused by another)."""
-    from relational_distill.data.sim.writer import SimConfig, make_town
+    from relational_distill.sim.writer import SimConfig, make_town
     from relational_distill.engine.precompute import PrecomputeConfig, precompute
 
     make_town(town, SimConfig(scenes=5, samples_per_scene=8))

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relational_distill.data.sim.writer import SimConfig, make_town
+from relational_distill.sim.writer import SimConfig, make_town
 
 
 def main() -> None:

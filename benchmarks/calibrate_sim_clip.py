@@ -18,6 +18,7 @@ import torch
 from relational_distill.config import CONFIG_DIR
 from relational_distill.data.nuscenes import camera_list, load_index, read_labels, read_lidar
 from relational_distill.data.projection import pair_points, sample_at_pixels
+from relational_distill.data.town import TOWN_VERSION
 from relational_distill.metrics.structure import sample_per_class, tolerance, uniformity
 from relational_distill.teachers.sim_clip import SimClipConfig, SimClipTeacher
 
@@ -44,7 +45,7 @@ def measure(cfg: SimClipConfig, index, samples, per_class: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataroot")
-    parser.add_argument("--version", default="v1.0-sim")
+    parser.add_argument("--version", default=TOWN_VERSION)
     parser.add_argument("--samples", type=int, default=12)
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--gaps", default="1.0,1.2,1.4")

@@ -1,4 +1,4 @@
-"""The results table (SPEC 9): contrastive vs similarity vs relational (and a random-init student), end to end on
+"""The results table (docs/method.md, "the paper's claims"): contrastive vs similarity vs relational (and a random-init student), end to end on
 the synthetic town, over several seeds.
 
 For each loss and seed: distill, zero-shot mIoU (also as a percentage of the teacher's own zero-shot mIoU at the
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from relational_distill.config import CONFIG_DIR, load_config
-from relational_distill.data.sim.kitti_writer import make_kitti_town
-from relational_distill.data.sim.writer import SimConfig, make_town
+from relational_distill.sim.kitti_writer import make_kitti_town
+from relational_distill.sim.writer import SimConfig, make_town
 from relational_distill.engine.analyze import analyze
 from relational_distill.engine.distill import DistillConfig, distill
 from relational_distill.engine.evaluate import evaluate

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from relational_distill.data.dataset import load_sample
 from relational_distill.data.nuscenes import load_index
+from relational_distill.data.projection import DEFAULT_MIN_DEPTH
+from relational_distill.data.town import TOWN_VERSION
 from relational_distill.engine.distill import anchor_head, teacher_mean
 from relational_distill.engine.training import cosine_schedule
 from relational_distill.losses import make_loss
@@ -65,7 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--town", required=True)
     p.add_argument("--features", required=True)
-    p.add_argument("--version", default="v1.0-sim")
+    p.add_argument("--version", default=TOWN_VERSION)
     p.add_argument("--ceilings", action="store_true", help="print the teacher and oracle ceilings and stop")
     p.add_argument("--loss", default="similarity")
     p.add_argument("--supervised", action="store_true", help="cross-entropy on the labels instead of a loss")
@@ -98,7 +100,7 @@ def main() -> None:
             x["pair_teacher"] = means[x["labels"][x["pair_point"]]]
     model = Student(17 if a.supervised else text.shape[1], a.preset, VoxelConfig(a.voxel))
     if a.head_bias == "teacher-mean":
-        anchor_head(model, teacher_mean(index, index.split("train"), store))
+        anchor_head(model, teacher_mean(index, index.split("train"), store, DEFAULT_MIN_DEPTH))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=a.weight_decay)
     sched = cosine_schedule(opt, a.steps, 0.05)
     loss_fn = make_loss(a.loss, 0.07, 1.0, a.p, a.block)

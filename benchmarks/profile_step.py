@@ -22,7 +22,7 @@ def main() -> None:
     from relational_distill.data.dataset import load_sample
     from relational_distill.data.nuscenes import camera_list, load_index
     from relational_distill.data.projection import pair_points
-    from relational_distill.data.voxels import voxel_coordinates, voxelize
+    from relational_distill.models.voxels import voxel_coordinates, voxelize
     from relational_distill.engine.distill import DistillConfig, anchor_head, teacher_mean
     from relational_distill.losses import make_loss
     from relational_distill.models.sparse_unet import Student, VoxelConfig
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     a = p.parse_args()
     cfg = load_config(DistillConfig, Path(a.config), {})
-    index, store = load_index(Path(a.town), "v1.0-sim"), FeatureStore.open(Path(a.features))
+    index, store = load_index(Path(a.town), TOWN_VERSION), FeatureStore.open(Path(a.features))
     train = index.split("train")
     rng = np.random.default_rng(0)
     print(f"| loss | load + pair + teacher at pixels (2 samples) | of which pairing | voxelise | forward | loss | "
@@ -45,7 +45,7 @@ def main() -> None:
         for loss_name in ("contrastive", "similarity", "relational"):
             torch.manual_seed(0)
             model = Student(store.manifest.dim, cfg.preset, VoxelConfig(cfg.voxel_size, cfg.voxel_mode))
-            anchor_head(model, teacher_mean(index, train, store))
+            anchor_head(model, teacher_mean(index, train, store, cfg.min_depth))
             opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
             loss_fn = make_loss(loss_name, cfg.temperature, cfg.intra_weight, cfg.relational_p, cfg.block_size)
             rows = []

@@ -13,7 +13,6 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 """Class ``i + 1`` of the 17-way label space (0 = ignore)."""
 
-NUM_CLASSES = len(CLASS_NAMES) + 1  # including ignore = 0
 
 
 def fine_category_names() -> list[str]:

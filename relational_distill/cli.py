@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from .data.town import TOWN_VERSION
 from .errors import UserError, user_message
 from .interrupt import Interrupted, stop_on_signals
 from .report import print_table, stdout, write_result
@@ -18,7 +19,7 @@ app = typer.Typer(help="Distill a 2D foundation model (CLIP) into a sparse 3D li
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-VERSION = typer.Option("v1.0-sim", "--version", help="nuScenes table version (v1.0-trainval, v1.0-mini, v1.0-sim, ...).")
+VERSION = typer.Option(TOWN_VERSION, "--version", help="nuScenes table version (v1.0-trainval, v1.0-mini, v1.0-sim, ...).")
 DATASET = typer.Option(None, "--dataset", help="nuscenes or semantickitti (default: recognised from the dataroot's "
                                                "layout).")
 
@@ -82,8 +83,8 @@ def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not ex
              quiet: bool = QUIET) -> None:
     """Generate the synthetic town: a nuScenes-format dataset that nuscenes-devkit loads like real data, or
     (--format semantickitti) the 64-beam town in SemanticKITTI's layout."""
-    from .data.sim.kitti_writer import make_kitti_town
-    from .data.sim.writer import SimConfig, make_town
+    from .sim.kitti_writer import make_kitti_town
+    from .sim.writer import SimConfig, make_town
     from .progress import progress_bar
 
     if fmt not in ("nuscenes", "semantickitti"):

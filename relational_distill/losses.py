@@ -1,4 +1,4 @@
-"""Distillation losses (SPEC 5). ``k``: (N, D) student point features, ``q``: (N, D) teacher pixel features of
+"""Distillation losses (docs/method.md). ``k``: (N, D) student point features, ``q``: (N, D) teacher pixel features of
 the same N pairs; rows L2-normalised; ``q`` is treated as a constant (no gradient flows to it).
 
 * contrastive (PPKT / SLidR InfoNCE): ``L = -1/N sum_i log softmax_j(k_i.q_j / tau)[i]``
@@ -10,7 +10,7 @@ the same N pairs; rows L2-normalised; ``q`` is treated as a constant (no gradien
 custom autograd function that keeps only K, Q (and per-row log-sum-exps) between forward and backward, so no
 N x N matrix is ever held: memory O(block_size x block_size x ...) instead of O(N^2).
 
-The squared relational loss (``p=2``) has an exact O(N x D^2) form through D x D Gram matrices (SPEC 5,
+The squared relational loss (``p=2``) has an exact O(N x D^2) form through D x D Gram matrices (docs/method.md,
 docs/convergence.md): ``||K Q^T - Q Q^T||^2 = <(K-Q)^T (K-Q), Q^T Q>`` and
 ``||K K^T - Q Q^T||^2 = ||K^T K||^2 - 2 ||K^T Q||^2 + ||Q^T Q||^2``, minus the diagonal terms. It never forms
 an N x N matrix and costs 3 N D^2 multiply-adds forward instead of 2 N^2 D, so it takes every pair of a batch

@@ -13,7 +13,7 @@ os.environ.setdefault("RDISTILL_CACHE", tempfile.mkdtemp(prefix="rdistill-test-c
 @pytest.fixture(scope="session")
 def town(tmp_path_factory):
     """A 3-scene, 2-samples-per-scene town with small images; returns its dataroot."""
-    from relational_distill.data.sim.writer import SimConfig, make_town
+    from relational_distill.sim.writer import SimConfig, make_town
 
     root = tmp_path_factory.mktemp("town") / "town"
     make_town(root, SimConfig(scenes=3, samples_per_scene=2, seed=3, image_size=(192, 112)), workers=2)

@@ -193,9 +193,48 @@ def test_teacher_mean_head_bias_is_the_mean_paired_teacher_feature(town, store_d
     for sample in train:
         for q in load_sample(index, sample, store)["pair_teacher"].double():
             total, count = total + q, count + 1
-    torch.testing.assert_close(teacher_mean(index, train, store, pairs_per_sample=10**9).double(), total / count,
+    torch.testing.assert_close(teacher_mean(index, train, store, 1.0, pairs_per_sample=10**9).double(), total / count,
                                atol=1e-6, rtol=0)
     cfg = tiny_distill_config(loss="relational", epochs=1)
     distill(town, store_dir, tmp_path / "run", cfg, quiet=True)
     bias = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model["head.bias"]
-    assert torch.equal(bias, teacher_mean(index, train, store))
+    assert torch.equal(bias, teacher_mean(index, train, store, 1.0))
+
+
+def test_min_depth_reaches_every_pairing(town, index, store_dir, tmp_path, monkeypatch):
+    """A min_depth other than the default pairs the same way in the head's anchor, training, --eval-every,
+    analyze, and the teacher summary and ceiling: every pairing of each sees it."""
+    from relational_distill.data import dataset as dataset_module
+    from relational_distill.engine.analyze import analyze
+    from relational_distill.engine.precompute import teacher_ceiling, teacher_summary
+    from relational_distill.teachers.store import FeatureStore
+
+    seen = []
+    real = dataset_module.pair_points
+
+    def recording(points, cams, min_depth=1.0):
+        seen.append(min_depth)
+        return real(points, cams, min_depth)
+
+    monkeypatch.setattr(dataset_module, "pair_points", recording)
+
+    def calls(run) -> list[float]:
+        seen.clear()
+        run()
+        return list(seen)
+
+    out = tmp_path / "run"
+    cfg = tiny_distill_config(loss="similarity", epochs=1, eval_every=1, min_depth=2.5)
+    trained = calls(lambda: distill(town, store_dir, out, cfg, quiet=True))
+    # anchor (every train sample), one epoch of training, the monitor's val samples
+    assert len(trained) >= len(index.split("train")) * 2 + len(index.split("val"))
+    assert set(trained) == {2.5}
+    assert set(calls(lambda: analyze(out / "checkpoint.pt", per_class=50, quiet=True, plot=False))) == {2.5}
+    store = FeatureStore.open(store_dir)
+    assert set(calls(lambda: teacher_summary(index, store, 2.5, per_class=50, quiet=True))) == {2.5}
+    assert set(calls(lambda: teacher_ceiling(index, store, 2.5, quiet=True))) == {2.5}
+    # and the pairs do change: fewer points are paired at 2.5 m than at 1 m
+    sample = index.split("val")[0]
+    from relational_distill.data.dataset import load_sample
+
+    assert len(load_sample(index, sample, store, 2.5)["pair_point"]) < len(load_sample(index, sample, store, 1.0)["pair_point"])

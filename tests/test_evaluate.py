@@ -31,7 +31,7 @@ def distilled(town, store_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def town64(tmp_path_factory):
-    from relational_distill.data.sim.writer import SimConfig, make_town
+    from relational_distill.sim.writer import SimConfig, make_town
 
     root = tmp_path_factory.mktemp("town64") / "town"
     make_town(root, SimConfig(scenes=2, samples_per_scene=2, seed=5, lidar="hdl64", image_size=(192, 112)))

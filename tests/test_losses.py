@@ -76,12 +76,13 @@ def test_relational_matches_loops(p, lam):
 
 
 def test_relational_cross_contains_similarity():
-    """C_ii = 1 - k_i.q_i: with intra weight 0 and K's off-diagonal relations equal to Q's, only that remains."""
-    q = unit(5, 3, 4)
+    """C_ii = 1 - k_i.q_i: with intra weight 0 the relational loss is the similarity loss plus the mean of the
+    off-diagonal |k_i.q_j - q_i.q_j| (a loop over pairs)."""
+    q, k = unit(5, 3, 4).double(), unit(5, 3, 5).double()
+    off = [abs(float(k[i] @ q[j] - q[i] @ q[j])) for i in range(5) for j in range(5) if i != j]
+    expected = similarity_loss(k, q).item() + sum(off) / len(off)
+    assert relational_loss(k, q, 0.0).item() == pytest.approx(expected, rel=1e-12)
     assert relational_loss(q, q, 1.0).item() == pytest.approx(0.0, abs=1e-12)
-    k = unit(5, 3, 5)
-    diag = (1 - (k * q).sum(1)).mean().item()
-    assert relational_loss(k, q, 0.0).item() >= diag - 1e-12
 
 
 def test_relational_zero_at_teacher_and_grows_with_perturbation():
@@ -113,7 +114,7 @@ def test_block_equals_plain(name, block):
 
 
 def dense_squared_relational(k, q, lam):
-    """The squared relational loss written with its N x N matrices (SPEC 5), differentiable by autograd."""
+    """The squared relational loss written with its N x N matrices (docs/method.md), differentiable by autograd."""
     n = len(k)
     qq = q @ q.T
     cross, intra = (k @ q.T - qq) ** 2, (k @ k.T - qq) ** 2

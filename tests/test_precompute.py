@@ -157,7 +157,7 @@ def test_input_size_off_the_patch_grid_is_refused(town, tmp_path, teacher, size,
 def test_refusals_and_failures_leave_no_store_folder(town, tmp_path, monkeypatch):
     import open_clip
 
-    from relational_distill.engine import precompute as module
+    from relational_distill.teachers import factory as module
 
     from .test_maskclip import TINY
 
@@ -207,7 +207,7 @@ def test_openclip_features_of_a_1600x900_camera_at_416x224(tmp_path, tiny_tags):
 
     from relational_distill.config import CONFIG_DIR
     from relational_distill.data.dataset import load_sample
-    from relational_distill.engine.precompute import OpenClipAdapter
+    from relational_distill.teachers.factory import OpenClipAdapter
     from relational_distill.teachers.maskclip import dense_features
 
     from .test_maskclip import TAG_MEAN, TAG_STD

@@ -458,7 +458,7 @@ def test_changed_feature_bytes_are_refused_and_precompute_redoes_only_them(town,
 
 
 def test_store_of_the_town_that_used_to_live_there_is_refused(tmp_path, tiny_config):
-    from relational_distill.data.sim.writer import SimConfig, make_town
+    from relational_distill.sim.writer import SimConfig, make_town
 
     town = tmp_path / "town"
     make_town(town, SimConfig(scenes=2, samples_per_scene=1, seed=1, image_size=(64, 64)), workers=1)
@@ -750,7 +750,7 @@ def test_training_stopped_by_a_signal_resumes_bit_identically(run, town, store_d
 def test_make_sim_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from relational_distill.data.sim import writer
+    from relational_distill.sim import writer
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(writer.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
@@ -760,7 +760,7 @@ def test_make_sim_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
 
 
 def test_make_sim_size_estimate_is_an_upper_bound_of_the_real_size(town):
-    from relational_distill.data.sim.writer import SimConfig, estimated_bytes
+    from relational_distill.sim.writer import SimConfig, estimated_bytes
 
     real = sum(p.stat().st_size for p in town.rglob("*") if p.is_file())
     estimate = estimated_bytes(SimConfig(scenes=3, samples_per_scene=2, seed=3, image_size=TOWN_IMAGE))

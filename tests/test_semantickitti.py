@@ -212,8 +212,8 @@ def test_nuscenes_classes_are_refused_on_kitti(distilled_checkpoint, kitti):
 
 
 def test_synthetic_town_in_kitti_layout(tmp_path):
-    from relational_distill.data.sim.kitti_writer import RAW_ID
-    from relational_distill.data.sim.layout import FINE
+    from relational_distill.sim.kitti_writer import RAW_ID
+    from relational_distill.sim.layout import FINE
 
     root = tmp_path / "town"
     r = runner.invoke(app, ["make-sim", str(root), "--format", "semantickitti", "--scenes", "3",

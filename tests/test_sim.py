@@ -8,8 +8,8 @@ from nuscenes.utils.data_classes import LidarPointCloud
 
 from relational_distill.classes import CLASS_NAMES
 from relational_distill.data.nuscenes import CAMERAS, read_labels
-from relational_distill.data.sim.layout import FINE
-from relational_distill.data.sim.writer import SimConfig, make_town
+from relational_distill.sim.layout import FINE
+from relational_distill.sim.writer import SimConfig, make_town
 
 
 def test_devkit_loads_every_table(nusc):

@@ -1,6 +1,6 @@
 import torch
 
-from relational_distill.data.voxels import scatter_mean, voxel_coordinates, voxelize
+from relational_distill.models.voxels import scatter_mean, voxel_coordinates, voxelize
 
 
 def test_inverse_map_against_brute_force():

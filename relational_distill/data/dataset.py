@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .nuscenes import DatasetIndex, camera_list
-from .projection import pair_points, sample_at_pixels
+from .projection import DEFAULT_MIN_DEPTH, pair_points, sample_at_pixels
 
 
 class Reader(Protocol):
@@ -21,7 +21,7 @@ class Reader(Protocol):
     def read(self, token: str): ...
 
 
-def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, min_depth: float = 1.0,
+def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, min_depth: float = DEFAULT_MIN_DEPTH,
                 max_pairs: int | None = None, rng: np.random.Generator | None = None,
                 superpixels: Reader | None = None) -> dict:
     """One sample as tensors.
@@ -67,7 +67,7 @@ class PointCloudDataset(Dataset):
     Pair subsampling and augmentation are seeded by (seed, epoch, i), so a resumed run sees exactly the same data."""
 
     def __init__(self, index: DatasetIndex, samples: list[dict], store: Reader | None = None,
-                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = 1.0,
+                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = DEFAULT_MIN_DEPTH,
                  superpixels: Reader | None = None):
         self.index, self.samples, self.store = index, samples, store
         self.superpixels = superpixels

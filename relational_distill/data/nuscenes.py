@@ -19,6 +19,7 @@ import numpy as np
 from ..classes import CLASS_NAMES
 from ..errors import UserError
 from .geometry import invert_transform, make_transform
+from .town import SPLITS_FILE
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 # 3: the lidar sample_data token per sample (prediction files are named by it) and the scene table's order, with
@@ -91,7 +92,7 @@ def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
 
         official = create_splits_scenes()
         return {ours: list(official[theirs]) for ours, theirs in _OFFICIAL_SPLITS[version].items()}
-    path = Path(dataroot) / "splits.json"
+    path = Path(dataroot) / SPLITS_FILE
     if not path.exists():
         raise UserError(f"{path}: missing; a dataset of version '{version}' needs a splits.json "
                         f"({{\"train\": [scene names], \"val\": [...]}}) beside its tables")
@@ -206,7 +207,7 @@ def _fingerprint(dataroot: Path, version: str) -> str:
         if p.exists():
             st = p.stat()
             h.update(f"{table}:{st.st_size}:{st.st_mtime_ns}".encode())
-    split_file = Path(dataroot) / "splits.json"
+    split_file = Path(dataroot) / SPLITS_FILE
     if split_file.exists():
         h.update(split_file.read_bytes())
     return h.hexdigest()

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 # The devkit's NuScenesExplorer.map_pointcloud_to_image keeps points strictly more than one pixel inside
 # the image; we use the same rule so that our pairs are exactly the devkit's.
 IMAGE_MARGIN_PX = 1.0
+# Points nearer a camera than this (metres) are not paired: the devkit's default min_dist.
+DEFAULT_MIN_DEPTH = 1.0
 
 
 def project_points(points_xyz: np.ndarray, lidar_to_camera: np.ndarray, intrinsic: np.ndarray,
-                   image_size: tuple[int, int], min_depth: float = 1.0
+                   image_size: tuple[int, int], min_depth: float = DEFAULT_MIN_DEPTH
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project lidar points into one camera.
 
@@ -39,7 +41,7 @@ def project_points(points_xyz: np.ndarray, lidar_to_camera: np.ndarray, intrinsi
     return index, uv[keep], cam[index, 2]
 
 
-def pair_points(points_xyz: np.ndarray, cameras: list[dict], min_depth: float = 1.0
+def pair_points(points_xyz: np.ndarray, cameras: list[dict], min_depth: float = DEFAULT_MIN_DEPTH
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of every point with every camera that sees it.
 

@@ -13,14 +13,15 @@ from ..classes import CLASS_NAMES
 from ..data.dataset import load_sample
 from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import load_index
-from ..data.sim.writer import is_synthetic_town
+from ..data.projection import DEFAULT_MIN_DEPTH
+from ..data.town import is_synthetic_town
 from ..errors import UserError
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import save_figure, write_result
+from ..student import load_student, point_outputs
 from ..teachers.store import FeatureStore
-from .evaluate import load_student, point_outputs
-from .training import resolve_device
+from .runtime import resolve_device
 
 METRICS = ("uniformity", "tolerance", "gap")
 
@@ -30,7 +31,8 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
                     quiet: bool = False, seed: int = 0, features: Path | None = None, dataroot: Path | None = None,
                     version: str | None = None):
     """Student 3D features K, teacher 2D features Q of the same lidar-pixel pairs, the points' labels and the
-    checkpoint's meta. ``features`` / ``dataroot`` / ``version`` override those recorded in the checkpoint."""
+    checkpoint's meta. Pairs are those the checkpoint was distilled with (its ``min_depth``); ``features`` /
+    ``dataroot`` / ``version`` override what the checkpoint records."""
     model, meta = load_student(checkpoint, device)
     if meta.kind != "distill":
         raise UserError(f"{checkpoint}: analyze compares distilled features with the teacher's; this checkpoint is "
@@ -38,6 +40,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
     index = load_index(dataroot or meta.dataroot, version or meta.version)
     store = FeatureStore.open(features or meta.features, teacher=meta.teacher_id, version=index.version,
                               dataset=(index.dataroot, dataset_fingerprint(index)))
+    min_depth = meta.config.get("min_depth", DEFAULT_MIN_DEPTH)
     rng = np.random.default_rng(seed)
     ks, qs, ys = [], [], []
     samples = index.split(split)
@@ -46,7 +49,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
     index.require_labels(samples, f"analyzing split '{split}'")
     with progress_bar(f"features ({split})", len(samples), quiet, unit="samples") as bar:
         for sample in samples:
-            item = load_sample(index, sample, store, max_pairs=max_pairs_per_sample, rng=rng)
+            item = load_sample(index, sample, store, min_depth, max_pairs=max_pairs_per_sample, rng=rng)
             k = point_outputs(model, item["points"].to(device))
             ks.append(F.normalize(k[item["pair_point"].to(device)], dim=1).cpu())
             qs.append(item["pair_teacher"])

@@ -1,7 +1,6 @@
 """``rdistill distill``: train the sparse 3D student to match the teacher's pixel features through one loss."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,17 +12,21 @@ from ..checkpoint import CheckpointMeta
 from ..data.dataset import PointCloudDataset, load_sample
 from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import load_index
-from ..data.sim.writer import is_synthetic_town
+from ..data.projection import DEFAULT_MIN_DEPTH
 from ..data.splits import distill_samples
 from ..data.superpixels import SuperpixelStore
+from ..data.town import TOWN_VERSION, is_synthetic_town
 from ..errors import UserError
 from ..losses import LOSS_NAMES, make_loss, superpixel_pool
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
+from ..scoring import segmentation_confusion, segmentation_result
+from ..student import point_outputs
 from ..teachers.store import FeatureStore
-from .evaluate import point_outputs, segmentation_confusion, segmentation_result
-from .training import LOG, LoopConfig, init_distributed, resolve_device, steps_per_epoch, train
+from .runlog import RunLog
+from .runtime import init_distributed, resolve_device
+from .training import LoopConfig, steps_per_epoch, train
 
 
 HEAD_BIASES = ("teacher-mean", "learned")
@@ -52,7 +55,7 @@ class DistillConfig:
     voxel_size: float = 0.2          # metres
     voxel_mode: str = "cartesian"
     augment: bool = True
-    min_depth: float = 1.0
+    min_depth: float = DEFAULT_MIN_DEPTH  # metres: nearer points are not paired (training, monitor, analyze)
     seed: int = 0
     workers: int = 1
     eval_every: int = 0              # epochs between val evaluations written into log.jsonl (0 = none)
@@ -74,12 +77,7 @@ class DistillConfig:
             raise UserError(f"head_bias={self.head_bias!r}: choose one of {', '.join(HEAD_BIASES)}")
 
 
-def build_student(meta: CheckpointMeta, device_type: str) -> Student:
-    """The student a checkpoint's ``meta`` describes (weights not loaded)."""
-    return Student(meta.out_dim, meta.preset, VoxelConfig(**meta.voxel), device_type)
-
-
-def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = "v1.0-sim",
+def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = TOWN_VERSION,
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
             on_epoch_end=None, use_test_scenes: bool = False, overwrite: bool = False) -> dict:
     cfg.check()
@@ -98,13 +96,13 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
                           teacher_id=store.manifest.teacher_id, features=str(Path(features).resolve()),
                           dataroot=index.dataroot, version=version, dataset_fingerprint=fingerprint,
                           dataset=index.dataset, config=asdict(cfg))
-    model = Student(store.manifest.dim, cfg.preset, voxel, "cuda" if device.startswith("cuda") else "cpu")
+    model = Student(store.manifest.dim, cfg.preset, voxel)
     if cfg.head_bias == "teacher-mean":
-        anchor_head(model, teacher_mean(index, train_samples, store))
+        anchor_head(model, teacher_mean(index, train_samples, store, cfg.min_depth))
     dataset = PointCloudDataset(index, train_samples, store, cfg.pairs_per_sample, cfg.augment, cfg.seed, cfg.min_depth,
                                 superpixels)
     loss_fn = make_loss(cfg.loss, cfg.temperature, cfg.intra_weight, cfg.relational_p, cfg.block_size)
-    rank = init_distributed(device).rank
+    ranks = init_distributed(device)
 
     def step(model, batch, step_no):
         points, point_batch = batch["points"].to(device), batch["batch"].to(device)
@@ -115,22 +113,19 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
             return loss_fn(k, superpixel_pool(batch["pair_teacher"].to(device), segment))
         pick = torch.arange(len(batch["pair_point"]))
         if cfg.num_pairs is not None:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + rank)
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + ranks.rank)
             pick = torch.randperm(len(pick), generator=g)[: cfg.num_pairs]
         k = F.normalize(model(points, point_batch, rows=batch["pair_point"][pick].to(device)).float(), dim=1)
         return loss_fn(k, batch["pair_teacher"][pick].to(device))
 
     monitor = None
-    if cfg.eval_every and init_distributed(device).main:
-        monitor = ValMonitor(index, store, meta, device)
+    if cfg.eval_every and ranks.main:
+        monitor = ValMonitor(index, store, meta, device, cfg.min_depth)
 
-    def on_epoch(epoch: int) -> None:
-        if monitor and (epoch + 1) % cfg.eval_every == 0:
-            world = init_distributed(device).world
-            steps_done = (epoch + 1) * steps_per_epoch(len(train_samples), cfg.batch_size, world)
-            row = {"step": steps_done, "epoch": epoch, **monitor(model)}
-            with open(Path(out) / LOG, "a") as log:
-                log.write(json.dumps(row) + "\n")
+    def on_epoch(epoch: int, log: RunLog | None) -> None:
+        if monitor and log and (epoch + 1) % cfg.eval_every == 0:
+            steps_done = (epoch + 1) * steps_per_epoch(len(train_samples), cfg.batch_size, ranks.world)
+            log.write({"step": steps_done, "epoch": epoch, **monitor(model)})
         if on_epoch_end:
             on_epoch_end(epoch)
 
@@ -142,20 +137,21 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
                    meta, on_epoch)
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
                    "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
-    if init_distributed(device).main:
+    if ranks.main:
         write_result(Path(out) / "distill.json", result)
     return result
 
 
-def teacher_mean(index, samples: list[dict], store: FeatureStore, max_samples: int = 64,
+def teacher_mean(index, samples: list[dict], store: FeatureStore, min_depth: float, max_samples: int = 64,
                  pairs_per_sample: int = 2000) -> torch.Tensor:
-    """(D,) mean teacher feature over the lidar-paired pixels of up to ``max_samples`` samples spread evenly over
-    ``samples`` (at most ``pairs_per_sample`` pairs each, drawn with a fixed seed)."""
+    """(D,) mean teacher feature over the lidar-paired pixels (at least ``min_depth`` metres in front of a camera)
+    of up to ``max_samples`` samples spread evenly over ``samples`` (at most ``pairs_per_sample`` pairs each, drawn
+    with a fixed seed)."""
     stride = max(1, len(samples) // max_samples)
     rng = np.random.default_rng(0)
     total, count = None, 0
     for sample in samples[::stride][:max_samples]:
-        q = load_sample(index, sample, store, max_pairs=pairs_per_sample, rng=rng)["pair_teacher"]
+        q = load_sample(index, sample, store, min_depth, max_pairs=pairs_per_sample, rng=rng)["pair_teacher"]
         total = q.sum(0) if total is None else total + q.sum(0)
         count += len(q)
     return total / max(count, 1)
@@ -177,9 +173,11 @@ def anchor_head(model: Student, mean: torch.Tensor, weight_scale: float = 0.1) -
 class ValMonitor:
     """What ``--eval-every`` logs: zero-shot mIoU on every val point, and U / T / G of the student's features
     against the teacher's on a fixed sample of val pairs (at most ``per_class`` pairs of each class). ``meta`` is
-    the run's checkpoint meta (a distill one)."""
+    the run's checkpoint meta (a distill one); pairs are those at least ``min_depth`` metres in front of a camera,
+    as in training."""
 
-    def __init__(self, index, store: FeatureStore, meta: CheckpointMeta, device: str, split: str = "val",
+    def __init__(self, index, store: FeatureStore, meta: CheckpointMeta, device: str, min_depth: float,
+                 split: str = "val",
                  per_class: int = 500, pairs_per_sample: int = 2000, seed: int = 0) -> None:
         self.index, self.meta, self.device = index, meta, device
         self.samples = index.split(split)
@@ -188,7 +186,8 @@ class ValMonitor:
         _, text = store.text_embeddings()
         self.text = text.to(device)
         rng = np.random.default_rng(seed)
-        self.items = [load_sample(index, s, store, max_pairs=pairs_per_sample, rng=rng) for s in self.samples]
+        self.items = [load_sample(index, s, store, min_depth, max_pairs=pairs_per_sample, rng=rng)
+                      for s in self.samples]
         labels = torch.cat([it["labels"][it["pair_point"]] for it in self.items])
         self.pick = sample_per_class(labels, per_class, seed)
         self.q, self.y = torch.cat([it["pair_teacher"] for it in self.items])[self.pick], labels[self.pick]

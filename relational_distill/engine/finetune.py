@@ -14,11 +14,13 @@ from ..data.dataset import PointCloudDataset
 from ..data.datasets import open_index
 from ..data.fingerprint import dataset_fingerprint
 from ..data.splits import few_shot_samples, require_labels
+from ..data.town import TOWN_VERSION
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
 from .evaluate import evaluate
-from .training import LoopConfig, init_distributed, resolve_device, train
+from .runtime import init_distributed, resolve_device
+from .training import LoopConfig, train
 
 
 @dataclass
@@ -74,7 +76,6 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
              dataset: str | None = None, overwrite: bool = False) -> dict:
     cfg.check()
     device = resolve_device(device)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
     source = None
     if checkpoint is not None:
         source = load_checkpoint(checkpoint, kinds=("distill",))
@@ -83,7 +84,7 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     if dataroot is None and source is None:
         raise UserError("--dataroot is required with --from-scratch")
     dataroot = Path(dataroot or source.meta.dataroot)
-    version = version or (source.meta.version if source else "v1.0-sim")
+    version = version or (source.meta.version if source else TOWN_VERSION)
     require_labels(version, "finetune")
     index = open_index(dataroot, version, dataset)
     train_samples, selection = few_shot_samples(index, cfg.fraction)
@@ -94,7 +95,7 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     preset = source.meta.preset if source and not cfg.from_scratch else cfg.preset
     voxel = VoxelConfig(**source.meta.voxel) if source else VoxelConfig(cfg.voxel_size)
     torch.manual_seed(cfg.seed)
-    model = Student(num_classes, preset, voxel, device_type)
+    model = Student(num_classes, preset, voxel)
     if not cfg.from_scratch:
         backbone = {k[len("backbone."):]: v for k, v in source.model.items() if k.startswith("backbone.")}
         model.backbone.load_state_dict(backbone)

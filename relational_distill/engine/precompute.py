@@ -4,7 +4,6 @@ A re-run verifies every file against its sha256 and redoes only what is missing 
 finished store whose files all verify only checks, and returns the summary it measured before."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -12,152 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..classes import CLASS_NAMES
-from ..config import CONFIG_DIR
 from ..data.dataset import load_sample
 from ..data.fingerprint import dataset_fingerprint
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
-from ..data.sim.writer import is_synthetic_town
+from ..data.projection import DEFAULT_MIN_DEPTH
 from ..data.superpixels import COMPACTNESS, SuperpixelManifest, SuperpixelStore, sample_superpixels
+from ..data.town import TOWN_VERSION, is_synthetic_town
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import write_result
+from ..scoring import segmentation_result, teacher_confusion
+from ..student import zero_shot_labels
+from ..teachers.factory import make_teacher
 from ..teachers.store import FeatureStore, Manifest
-from .evaluate import segmentation_result, teacher_confusion
-from .training import resolve_device
-
-
-def load_prompts(path: Path) -> tuple[list[list[str]], str]:
-    """Prompts per class (template x synonym) from a prompts YAML, and the file's content hash."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-        templates, classes = data["templates"], data["classes"]
-        prompts = [[t.format(name) for name in classes[c] for t in templates] for c in CLASS_NAMES]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: not a valid prompts file ({err}); it needs 'templates' and 'classes' for all "
-                        f"16 classes") from None
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return prompts, digest
-
-
-class _TeacherAdapter:
-    """What precompute needs of a teacher: id, hashes, activation, feature dim, patch size (pixels per feature
-    cell), features and text embeddings."""
-
-    teacher_id: str
-    patch: int
-
-    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid (rows, columns) of a teacher input of ``image_size`` = (width, height) pixels; a size that is
-        not a multiple of the patch size is refused, naming the nearest valid sizes (features would not line up
-        with their pixels)."""
-        width, height = image_size
-        if width <= 0 or height <= 0 or width % self.patch or height % self.patch:
-            options = sorted(((w, h) for w in _near_multiples(width, self.patch)
-                              for h in _near_multiples(height, self.patch)),
-                             key=lambda s: (abs(s[0] - width) + abs(s[1] - height), s))
-            raise UserError(f"--image-size {width}x{height}: not a multiple of the patch size {self.patch} of teacher "
-                            f"'{self.teacher_id}'; nearest valid sizes: {', '.join(f'{w}x{h}' for w, h in options)}")
-        return height // self.patch, width // self.patch
-
-
-def _near_multiples(value: int, step: int) -> list[int]:
-    """``value`` if it is a positive multiple of ``step``, else the multiples just below and above it."""
-    if value > 0 and value % step == 0:
-        return [value]
-    low = value // step * step
-    return [m for m in (low, low + step) if m >= step]
-
-
-class SimClipAdapter(_TeacherAdapter):
-    """The simulated teacher behind the common teacher interface."""
-
-    def __init__(self, index: DatasetIndex, config: Path) -> None:
-        from ..teachers.sim_clip import SimClipConfig, SimClipTeacher
-
-        self.cfg = SimClipConfig.from_yaml(config)
-        self.teacher = SimClipTeacher(self.cfg, index.fine_to_coarse)
-        self.teacher_id = self.teacher.teacher_id
-        self.weights_hash = self.cfg.digest()
-        self.templates_hash = "sim-clip"
-        self.activation = "none"
-        self.dim, self.patch = self.cfg.dim, self.cfg.patch
-        self.index = index
-
-    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        for s in self.index.samples:
-            native = tuple(camera_list(s)[0]["image_size"])
-            if native != tuple(image_size):
-                raise UserError(f"sim-clip reads side-car maps at the town's image size {native[0]}x{native[1]}; "
-                                f"pass --image-size {native[0]}x{native[1]}")
-        return super().grid(image_size)
-
-    def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
-        return [self.teacher.sample_features(self.index.dataroot, s) for s in samples]
-
-    def text_embeddings(self) -> torch.Tensor:
-        return self.teacher.text_embeddings()
-
-
-class OpenClipAdapter(_TeacherAdapter):
-    """open_clip CLIP with MaskCLIP dense features; images are resized to the teacher input size with the filter,
-    and normalised with the mean and std, of the weights' own preprocessing."""
-
-    def __init__(self, spec: str, index: DatasetIndex, prompts: Path, device: str, activation: str = "auto",
-                 image_size: tuple[int, int] | None = None) -> None:
-        from ..teachers.maskclip import load_openclip, plan_openclip
-
-        self.teacher_id = spec
-        self.patch = plan_openclip(spec, activation).stride
-        if image_size is not None:  # refuse a bad input size before downloading or reading any weights
-            self.grid(image_size)
-        self.clip = load_openclip(spec, device, activation)
-        self.model, self.tokenizer, self.weights_hash = self.clip.model, self.clip.tokenizer, self.clip.weights_hash
-        self.activation = self.clip.activation
-        self.class_prompts, self.templates_hash = load_prompts(prompts)
-        self.patch = self.clip.stride
-        self.dim = self.clip.dim
-        self.index, self.device = index, device
-
-    def features(self, samples: list[dict], image_size: tuple[int, int]) -> list[np.ndarray]:
-        from PIL import Image
-
-        from ..teachers.maskclip import dense_features, normalise_images
-
-        resample = Image.BILINEAR if self.clip.interpolation == "bilinear" else Image.BICUBIC
-        images = []
-        for s in samples:
-            for cam in camera_list(s):
-                path = Path(self.index.dataroot) / cam["image"]
-                try:
-                    img = Image.open(path).convert("RGB").resize(tuple(image_size), resample)
-                except OSError as err:
-                    raise UserError(f"{path}: unreadable image ({err}); re-download or regenerate it") from None
-                images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        batch = normalise_images(torch.stack(images).to(self.device), self.clip.mean, self.clip.std)
-        feats = dense_features(self.model, batch).half().cpu().numpy()
-        per = len(CAMERAS)
-        return [feats[i * per:(i + 1) * per] for i in range(len(samples))]
-
-    def text_embeddings(self) -> torch.Tensor:
-        from ..teachers.maskclip import text_embeddings
-
-        return text_embeddings(self.model, self.tokenizer, self.class_prompts).cpu()
-
-
-def make_teacher(spec: str, index: DatasetIndex, device: str = "cpu", prompts: Path | None = None,
-                 sim_config: Path | None = None, activation: str = "auto", image_size: tuple[int, int] | None = None):
-    """The teacher behind ``spec``; with ``image_size``, an open_clip teacher checks it before loading weights."""
-    if spec == "sim-clip":
-        if activation != "auto":
-            raise UserError(f"--activation {activation}: only for openclip: teachers")
-        return SimClipAdapter(index, sim_config or CONFIG_DIR / "sim_clip.yaml")
-    return OpenClipAdapter(spec, index, prompts or CONFIG_DIR / "prompts.yaml", device, activation, image_size)
+from .runtime import resolve_device
 
 
 @dataclass
@@ -165,7 +36,7 @@ class PrecomputeConfig:
     dataroot: Path
     out: Path
     teacher: str = "sim-clip"
-    version: str = "v1.0-sim"
+    version: str = TOWN_VERSION
     image_size: tuple[int, int] = (416, 224)
     device: str = "cpu"
     shard: tuple[int, int] = (0, 1)
@@ -175,6 +46,7 @@ class PrecomputeConfig:
     sim_config: Path | None = None
     activation: str = "auto"       # open_clip MLP activation: auto (from the weights), gelu or quick_gelu
     superpixels: int | None = None  # also compute SLIC superpixels with this many segments per image (SLidR)
+    min_depth: float = DEFAULT_MIN_DEPTH  # metres: the pairs the summary and the teacher ceiling are measured on
     quiet: bool = False
 
 
@@ -244,8 +116,8 @@ def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureSto
     previous = _read_summary(store.root / "summary.json")
     if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
         return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
-    result.update(teacher_summary(index, store, cfg.summary_per_class, cfg.quiet))
-    result.update(teacher_ceiling(index, store, cfg.quiet))
+    result.update(teacher_summary(index, store, cfg.min_depth, cfg.summary_per_class, cfg.quiet))
+    result.update(teacher_ceiling(index, store, cfg.min_depth, cfg.quiet))
     result.update(complete=True, seconds=time.perf_counter() - start)
     write_result(store.root / "summary.json", result)
     return result
@@ -267,6 +139,8 @@ def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path
             bar.advance()
             check_interrupt()
     return {"segments": segments, "computed": len(todo), "skipped": len(samples) - len(todo), "store": str(store.root)}
+
+
 def _read_summary(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
@@ -275,14 +149,15 @@ def _read_summary(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("complete") else None
 
 
-def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5000, quiet: bool = False,
-                    max_pairs_per_sample: int = 4000, seed: int = 0) -> dict:
-    """The teacher's structure on the lidar-paired pixels (Fig. 1 protocol) and its 2D zero-shot accuracy there."""
+def teacher_summary(index: DatasetIndex, store: FeatureStore, min_depth: float, per_class: int = 5000,
+                    quiet: bool = False, max_pairs_per_sample: int = 4000, seed: int = 0) -> dict:
+    """The teacher's structure on the lidar-paired pixels (pairs at least ``min_depth`` metres in front of a camera;
+    Fig. 1 protocol) and its 2D zero-shot accuracy there."""
     rng = np.random.default_rng(seed)
     feats, labels = [], []
     with progress_bar("teacher summary", len(index.samples), quiet, unit="samples") as bar:
         for sample in index.samples:
-            item = load_sample(index, sample, store, max_pairs=max_pairs_per_sample, rng=rng)
+            item = load_sample(index, sample, store, min_depth, max_pairs=max_pairs_per_sample, rng=rng)
             feats.append(item["pair_teacher"])
             labels.append(item["labels"][item["pair_point"]])
             bar.advance()
@@ -290,23 +165,24 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, per_class: int = 5
     q, y = torch.cat(feats), torch.cat(labels)
     _, text = store.text_embeddings()
     labelled = y > 0
-    pred = (q[labelled] @ text.T).argmax(1) + 1
+    pred = zero_shot_labels(q[labelled], text)
     pick = sample_per_class(y, per_class, seed)
     return {"uniformity": uniformity(q[pick], block_size=2048), "tolerance": tolerance(q[pick], y[pick]),
             "zero_shot_pixel_accuracy": float((pred == y[labelled]).double().mean()),
             "summary_features": int(len(pick)), "samples": len(index.samples), "bytes_on_disk": store.bytes_on_disk(),
             "bytes_per_sample": store.bytes_on_disk() / max(len(index.samples), 1),
-            "synthetic": is_synthetic_town(index.dataroot)}
+            "min_depth": min_depth, "synthetic": is_synthetic_town(index.dataroot)}
 
 
-def teacher_ceiling(index: DatasetIndex, store: FeatureStore, quiet: bool = False, split: str = "val") -> dict:
+def teacher_ceiling(index: DatasetIndex, store: FeatureStore, min_depth: float, quiet: bool = False,
+                    split: str = "val") -> dict:
     """``teacher_zero_shot_miou``: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (what a
     student is measured against), with its per-class IoU; None with a reason when the split has no labels."""
     samples = [s for s in index.split(split) if index.has_labels(s)]
     if not samples:
         return {"teacher_zero_shot_miou": None,
                 "teacher_zero_shot_note": f"no labelled samples in split '{split}'"}
-    res = segmentation_result(teacher_confusion(index, samples, store, quiet), index)
+    res = segmentation_result(teacher_confusion(index, samples, store, min_depth, quiet), index)
     note = {"teacher_zero_shot_note": res["miou_null_reason"]} if res["miou"] is None else {}
     return {"teacher_zero_shot_miou": res["miou"], "teacher_zero_shot_split": split,
             "teacher_zero_shot_per_class_iou": res["per_class_iou"], **note}

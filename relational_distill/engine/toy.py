@@ -1,4 +1,4 @@
-"""``rdistill toy``: the paper's toy experiment (Figs. 2-4, SPEC 8).
+"""``rdistill toy``: the paper's toy experiment (Figs. 2-4, docs/method.md).
 
 A "source" space of 3-d unit vectors (one von Mises-Fisher cluster, or three) plays the teacher. Each source
 vector is seen by the student through another modality: a fixed random linear map into 8-d plus noise. An MLP

@@ -10,9 +10,7 @@ written; the log is only ever appended to.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -31,9 +29,10 @@ from ..interrupt import Interrupted, check as check_interrupt, deferred as defer
 from ..progress import progress_bar
 from ..report import read_log
 from ..threads import training_threads
+from .runlog import LOG, RunLog
+from .runtime import Distributed, init_distributed
 
 CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
 # Settings a resumed run may change (applied from the next step, and logged); any other change is refused.
 CHANGEABLE_ON_RESUME = ("epochs", "lr", "lr_backbone", "lr_head", "weight_decay", "warmup_fraction", "workers",
                         "eval_every", "dataroot", "features", "source_checkpoint")
@@ -56,40 +55,6 @@ class LoopConfig:
     resume: bool = False             # continue the run in ``out`` if it holds one
     overwrite: bool = False          # start again in a folder that holds a run (deletes it)
     quiet: bool = False
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Distributed:
-    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return Distributed(dist.get_rank(), dist.get_world_size())
-
-
-def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``, checked; under torchrun each process gets its local GPU."""
-    kind, _, number = device.partition(":")
-    if kind not in ("cpu", "cuda") or (number and (kind == "cpu" or not number.isdigit())):
-        raise UserError(f"--device {device}: choose cpu, cuda or cuda:N (e.g. cuda:0)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
 
 
 def epoch_order(n: int, seed: int, epoch: int, dist_info: Distributed) -> list[int]:
@@ -213,7 +178,7 @@ def _finite_weights(model: torch.nn.Module) -> bool:
 
 def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
           dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: CheckpointMeta,
-          on_epoch_end: Callable[[int], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int, RunLog | None], None] | None = None) -> dict:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss.
 
     ``dataset[(epoch, i)]`` is sample ``i`` as drawn in ``epoch`` (its random draws seeded by both, so that a
@@ -224,7 +189,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     batch: each of the ``torchrun`` processes takes ``batch_size / world size`` samples a step. With
     ``cfg.resume`` it continues from the checkpoint in ``cfg.out`` if there is one; ``meta`` is stored in the
     checkpoint (what evaluation needs to rebuild the model) and compared with the checkpoint's on resume.
-    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint.
+    ``on_epoch_end(epoch, log)`` runs after each epoch's checkpoint; ``log`` is the run's :class:`RunLog` on the
+    main process (None on the others), for rows of its own (``--eval-every``).
     """
     dinfo = init_distributed(cfg.device)
     out = Path(cfg.out)
@@ -274,14 +240,10 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     epoch_losses = []
     started = time.perf_counter()
     samples_seen = 0
-    log_file = open(log_path, "a") if dinfo.main else None
-    if log_file and log_file.tell() > 0 and not log_path.read_bytes().endswith(b"\n"):
-        log_file.write("\n")  # a line cut short by a kill stays alone on its line
-    if log_file and (previous or log_file.tell() > 0):
-        event = {"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else \
-            {"event": "start"}
-        log_file.write(json.dumps(event) + "\n")
-        log_file.flush()
+    log = RunLog(out) if dinfo.main else None
+    if log and (previous or not log.empty):
+        log.write({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else
+                  {"event": "start"})
         if changed:
             print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
                   + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
@@ -317,11 +279,9 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                     step += 1
                     samples_seen += cfg.batch_size
                     losses.append(loss.item())
-                    if log_file:
-                        log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": losses[-1],
-                                                   "lr": scheduler.get_last_lr()[0],
-                                                   "time": round(time.perf_counter() - started, 3)}) + "\n")
-                        log_file.flush()
+                    if log:
+                        log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+                                   "time": round(time.perf_counter() - started, 3)})
                     bar.advance(info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
                     check_interrupt()
                 epoch_losses.append({"epoch": epoch, "mean_loss": float(np.mean(losses))})
@@ -332,15 +292,15 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
                 if dinfo.main:
                     save(epoch + 1, step)
                 if on_epoch_end:
-                    on_epoch_end(epoch)
+                    on_epoch_end(epoch, log)
             if cfg.epochs == 0 and dinfo.main and not previous:  # zero epochs: the initial (random) weights
                 save(0, 0)
     except Interrupted as stop:
         stop.detail = f"{_kept(ckpt_path)}; run the same command with --resume to continue"
         raise
     finally:
-        if log_file:
-            log_file.close()
+        if log:
+            log.close()
     seconds = time.perf_counter() - started
     result = {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
               "samples_per_second": samples_seen / seconds if seconds > 0 else None,

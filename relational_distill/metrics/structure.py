@@ -1,4 +1,4 @@
-"""Structure of an embedding space (SPEC 6): uniformity, tolerance, modality gap. Pure tensor math.
+"""Structure of an embedding space (docs/method.md): uniformity, tolerance, modality gap. Pure tensor math.
 
 * Uniformity (Wang & Isola 2020): ``U = -log mean_{a != b} exp(-t ||z_a - z_b||^2)``, t = 2.
 * Tolerance (Wang & Liu 2021): ``T = mean over same-class pairs a != b of z_a . z_b``.

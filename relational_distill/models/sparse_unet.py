@@ -1,8 +1,10 @@
 """The 3D student: a sparse residual U-Net on spconv (the MinkUNet34C / Res16UNet34C channel plan) and heads.
 
 On CPU every spconv convolution uses ``ConvAlgo.Native`` (the default implicit-GEMM algorithm is CUDA-only);
-on CUDA the default. Points are voxelised inside :class:`Student`, and voxel features are read back per point
-through the inverse map, so every output is per point.
+on a GPU spconv's default. The algorithm follows the weights' device: it is set again whenever the network is
+moved (``.to()``, ``.cuda()``), so a student built on CPU and moved to a GPU runs the GPU's algorithm. Points are
+voxelised inside :class:`Student`, and voxel features are read back per point through the inverse map, so every
+output is per point.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ with warnings.catch_warnings():  # spconv's import warns about deprecated torch.
 # spconv's modules make torch.fx log a notice about is_fx_tracing on first use; it is not ours to act on
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-from ..data.voxels import scatter_mean, voxel_coordinates, voxelize
+from .voxels import scatter_mean, voxel_coordinates, voxelize
 
 
 @dataclass(frozen=True)
@@ -40,23 +42,29 @@ PRESETS = {
 }
 
 
+def conv_algorithm(conv: spconv.conv.SparseConvolution, device_type: str) -> ConvAlgo:
+    """The algorithm ``conv`` runs on ``device_type``: Native on CPU (its only algorithm); elsewhere what spconv
+    picks when given none, implicit GEMM for kernels of at most 32 cells and Native for larger ones."""
+    if device_type == "cpu":
+        return ConvAlgo.Native
+    volume = 1
+    for k in conv.kernel_size:
+        volume *= k
+    return ConvAlgo.MaskImplicitGemm if volume <= 32 else ConvAlgo.Native
+
+
 class _Factory:
-    """Builds convolutions with the right spconv algorithm for the device."""
-
-    def __init__(self, algo: ConvAlgo | None) -> None:
-        self.algo = algo
-
-    def _kw(self) -> dict:
-        return {"algo": self.algo} if self.algo is not None else {}
+    """Builds the network's convolutions (CPU's algorithm until the network is moved; spconv keeps every
+    algorithm's weights in one layout, so the algorithm can change after construction)."""
 
     def subm(self, cin: int, cout: int, key: str, k: int = 3) -> nn.Module:
-        return spconv.SubMConv3d(cin, cout, k, padding=k // 2, bias=False, indice_key=key, **self._kw())
+        return spconv.SubMConv3d(cin, cout, k, padding=k // 2, bias=False, indice_key=key, algo=ConvAlgo.Native)
 
     def down(self, cin: int, cout: int, key: str) -> nn.Module:
-        return spconv.SparseConv3d(cin, cout, 2, stride=2, bias=False, indice_key=key, **self._kw())
+        return spconv.SparseConv3d(cin, cout, 2, stride=2, bias=False, indice_key=key, algo=ConvAlgo.Native)
 
     def up(self, cin: int, cout: int, key: str) -> nn.Module:
-        return spconv.SparseInverseConv3d(cin, cout, 2, bias=False, indice_key=key, **self._kw())
+        return spconv.SparseInverseConv3d(cin, cout, 2, bias=False, indice_key=key, algo=ConvAlgo.Native)
 
 
 def _bn_relu(x: spconv.SparseConvTensor, bn: nn.Module, relu: bool = True) -> spconv.SparseConvTensor:
@@ -95,12 +103,12 @@ class SparseUNet(nn.Module):
     ``forward`` takes a ``SparseConvTensor`` and returns voxel features (V, channels[-1]) at input resolution.
     """
 
-    def __init__(self, in_channels: int, preset: str = "minkunet34", device_type: str = "cpu") -> None:
+    def __init__(self, in_channels: int, preset: str = "minkunet34") -> None:
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
         p = PRESETS[preset]
-        make = _Factory(ConvAlgo.Native if device_type == "cpu" else None)
+        make = _Factory()
         self.stem = make.subm(in_channels, p.stem, "stem", k=5)
         self.stem_bn = nn.BatchNorm1d(p.stem)
         self.stem_block = _Stage(make, p.stem, p.stem, 1, "subm0")
@@ -120,6 +128,15 @@ class SparseUNet(nn.Module):
             self.decoders.append(_Stage(make, p.channels[4 + i] + skips[i], p.channels[4 + i], p.blocks[4 + i],
                                         f"subm{level}"))
         self.out_channels = p.channels[-1]
+
+    def _apply(self, fn, *args, **kwargs):
+        """After a move (``.to()``, ``.cuda()``, ``.cpu()``), every convolution takes its new device's algorithm."""
+        moved = super()._apply(fn, *args, **kwargs)
+        device_type = self.stem.weight.device.type
+        for m in self.modules():
+            if isinstance(m, spconv.conv.SparseConvolution):
+                m.algo = conv_algorithm(m, device_type)
+        return moved
 
     def forward(self, x: spconv.SparseConvTensor) -> torch.Tensor:
         x = self.stem_block(_bn_relu(self.stem(x), self.stem_bn))
@@ -152,14 +169,12 @@ class Student(nn.Module):
 
     ``forward(points (N, >=4), batch (N,), rows=None)`` -> (N, out_dim), or (len(rows), out_dim) for the points
     ``rows`` only: the head then runs on just the points a loss uses (distillation uses a few thousand of ~10^5).
-    ``features`` gives the backbone's per-point features (N, C) for heads trained later (finetuning, linear probing).
     """
 
-    def __init__(self, out_dim: int, preset: str = "minkunet34", voxel: VoxelConfig = VoxelConfig(),
-                 device_type: str = "cpu") -> None:
+    def __init__(self, out_dim: int, preset: str = "minkunet34", voxel: VoxelConfig = VoxelConfig()) -> None:
         super().__init__()
         self.voxel = voxel
-        self.backbone = SparseUNet(4, preset, device_type)
+        self.backbone = SparseUNet(4, preset)
         self.head = nn.Linear(self.backbone.out_channels, out_dim)
 
     def voxel_features(self, points: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,10 +190,6 @@ class Student(nn.Module):
         feats = scatter_mean(point_inputs(points), inverse, len(indices))
         x = spconv.SparseConvTensor(feats, indices.to(points.device), shape, num)
         return self.backbone(x), inverse
-
-    def features(self, points: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        voxels, inverse = self.voxel_features(points, batch)
-        return voxels[inverse]
 
     def forward(self, points: torch.Tensor, batch: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         voxels, inverse = self.voxel_features(points, batch)

@@ -23,7 +23,7 @@ import yaml
 
 from ..classes import CLASS_NAMES
 from ..data.nuscenes import camera_list
-from ..data.sim.writer import SIDECAR_DIR
+from ..data.town import SIDECAR_DIR
 from ..errors import UserError
 
 SKY = 255

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import euler_to_matrix, make_transform
-from ..nuscenes import CAMERAS
+from ..data.geometry import euler_to_matrix, make_transform
+from ..data.nuscenes import CAMERAS
 from .layout import FINE, SceneLayout
 from .raycast import cast_with_ground
 

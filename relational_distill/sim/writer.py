@@ -21,17 +21,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from ...classes import fine_category_names
-from ...errors import UserError
-from ...interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
-from ..geometry import euler_to_matrix, make_transform, matrix_to_quaternion
+from ..classes import fine_category_names
+from ..data.geometry import euler_to_matrix, make_transform, matrix_to_quaternion
+from ..data.nuscenes import CAMERAS
+from ..data.town import SIDECAR_DIR, SPLITS_FILE, TOWN_VERSION
+from ..errors import UserError
+from ..interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
 from .layout import ANNOTATED, PROFILES, SceneLayout, generate_scene
-from ..nuscenes import CAMERAS
 from .sensors import (LIDARS, camera_calibration, camera_time_offset_us, lidar_calibration,
                       render_camera, scan_lidar)
 
-SIDECAR_DIR = "sim_sidecar"
-SPLITS_FILE = "splits.json"
 SAMPLE_PERIOD_US = 500_000  # keyframes at 2 Hz
 
 
@@ -42,7 +41,7 @@ class SimConfig:
     seed: int = 0
     lidar: str = "hdl32"              # hdl32 (nuScenes-like) or hdl64 (out-of-distribution town)
     image_size: tuple[int, int] = (416, 224)  # width, height in pixels; multiples of 16
-    version: str = "v1.0-sim"
+    version: str = TOWN_VERSION
     val_fraction: float = 0.25       # the last scenes form the validation split (at least one)
 
     def __post_init__(self) -> None:
@@ -63,11 +62,6 @@ class SimConfig:
     @property
     def profile(self) -> str:
         return "urban" if self.lidar == "hdl32" else "suburban"
-
-
-def is_synthetic_town(dataroot: str | Path) -> bool:
-    """True for a dataset written by :func:`make_town` (it has the side-car maps); its numbers are synthetic."""
-    return (Path(dataroot) / SIDECAR_DIR).is_dir()
 
 
 def _token(*parts) -> str:

@@ -18,11 +18,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ...errors import UserError
-from ..geometry import invert_transform, make_transform
+from ..data.geometry import invert_transform, make_transform
+from ..data.town import SIDECAR_DIR
+from ..errors import UserError
 from .layout import FINE, SceneLayout
 from .sensors import LIDARS, camera_calibration, render_camera, scan_lidar
-from .writer import (SAMPLE_PERIOD_US, SIDECAR_DIR, SimConfig, check_free_space, ego_to_local, render_scenes,
+from .writer import (SAMPLE_PERIOD_US, SimConfig, check_free_space, ego_to_local, render_scenes,
                      scene_drive, staged_folder, write_bytes)
 
 TRAIN_SEQUENCE, VAL_SEQUENCE = "00", "08"

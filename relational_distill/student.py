@@ -1,0 +1,52 @@
+"""The student as a whole: built from a checkpoint's meta, loaded, run on one point cloud, and its labels.
+
+Zero-shot labels are the argmax of cosine similarity against the 16 text embeddings (docs/teachers.md); a
+finetuned student labels through its head. Labels are 1..C (0 is ignore, never predicted).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointMeta, load_checkpoint
+from .errors import UserError
+from .models.sparse_unet import Student, VoxelConfig
+
+
+def build_student(meta: CheckpointMeta) -> Student:
+    """The student a checkpoint's ``meta`` describes (weights not loaded)."""
+    return Student(meta.out_dim, meta.preset, VoxelConfig(**meta.voxel))
+
+
+def load_student(checkpoint: Path, device: str) -> tuple[Student, CheckpointMeta]:
+    """(model in eval mode on ``device``, the checkpoint's meta)."""
+    state = load_checkpoint(checkpoint)
+    try:
+        model = build_student(state.meta)
+        model.load_state_dict(state.model)
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise UserError(f"{checkpoint}: its weights do not fit the student its meta describes "
+                        f"({str(err).splitlines()[0]}); the checkpoint is corrupt") from None
+    return model.to(device).eval(), state.meta
+
+
+def zero_shot_labels(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(N,) classes 1..C: the text embedding (C, D) nearest each L2-normalised feature (N, D) in cosine."""
+    return (features @ text.T).argmax(1) + 1
+
+
+@torch.no_grad()
+def point_outputs(model: Student, points: torch.Tensor) -> torch.Tensor:
+    """(N, out_dim) float32 outputs of the student for one point cloud (N, 5)."""
+    return model(points, torch.zeros(len(points), dtype=torch.long, device=points.device)).float()
+
+
+@torch.no_grad()
+def predict(model: Student, meta: CheckpointMeta, points: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+    """(N,) predicted classes in 1..C for one point cloud (C = 16 zero-shot)."""
+    out = point_outputs(model, points)
+    if meta.kind == "distill":
+        return zero_shot_labels(F.normalize(out, dim=1), text)
+    return out.argmax(1) + 1
