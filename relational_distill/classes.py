@@ -13,6 +13,14 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 """Class ``i + 1`` of the 17-way label space (0 = ignore)."""
 
+# Semantically near classes: the confusions of a CLIP-like teacher fall mostly within a group
+# (docs/teachers.md, "The simulated teachers"); the teacher summary's near_class_error_share counts them.
+SEMANTIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "vehicle": ("bicycle", "bus", "car", "construction_vehicle", "motorcycle", "trailer", "truck"),
+    "flat": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
+    "structure": ("manmade", "vegetation", "barrier", "traffic_cone"),
+    "human": ("pedestrian",),
+}
 
 
 def fine_category_names() -> list[str]:

@@ -141,8 +141,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 @user_errors
 def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                out: Path = typer.Option(..., help="Feature store folder (created, or resumed if it exists)."),
-               teacher: str = typer.Option("sim-clip", help="sim-clip (synthetic town) or openclip:MODEL/PRETRAINED, "
-                                                            "e.g. openclip:ViT-B-16/openai or openclip:ViT-B-16/ckpt.pt"),
+               teacher: str = typer.Option("sim-clip", help="sim-clip (synthetic town, CLIP-like), sim-clip:clean (its "
+                                                            "clean predecessor) or openclip:MODEL/PRETRAINED, e.g. "
+                                                            "openclip:ViT-B-16/openai or openclip:ViT-B-16/ckpt.pt"),
                version: str = VERSION,
                image_size: str = typer.Option("416x224", help="Teacher input size WIDTHxHEIGHT (multiples of the "
                                                                "teacher's patch size: 16 for ViT-B-16, 32 for RN50)."),
@@ -281,6 +282,34 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
     _print_evaluation(result)
     write_result(path, result)
     stdout.print(f"result: {path}")
+
+
+@app.command()
+@user_errors
+def render(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt from distill (zero-shot) or finetune "
+                                                                  "(its head)."),
+           features: Optional[Path] = typer.Option(None, help="Feature store: alone, the teacher's own zero-shot labels "
+                                                              "at the paired points; with a distilled checkpoint, its "
+                                                              "text embeddings (default: the checkpoint's)."),
+           dataroot: Optional[Path] = typer.Option(None, help="Dataset (default: the checkpoint's or the store's)."),
+           version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
+           dataset: Optional[str] = DATASET,
+           split: str = typer.Option("val", help="Split that an integer --sample counts in."),
+           sample: str = typer.Option("0", help="A sample token, a scene name (its first sample) or an index into "
+                                                "--split."),
+           out: Path = typer.Option(..., help="Folder for bev.png, cam_<CAMERA>.png and render.json."),
+           min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+           device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
+    """Draw one sample as PNGs: bird's-eye view and every camera with the lidar points overlaid, as ground truth,
+    prediction and error, in the dataset's own class colours."""
+    from .engine.render import render as run
+
+    result = run(checkpoint, out=out, features=features, dataroot=dataroot, version=version, dataset=dataset,
+                 split=split, sample=sample, device=device, min_depth=min_depth, quiet=quiet)
+    label = " (synthetic)" if result["synthetic"] else ""
+    score = f"mIoU {result['miou']:.4g}" if result["miou"] is not None else result["miou_null_reason"]
+    stdout.print(f"{result['mode']} on {result['scene']}, sample {result['sample']}{label}: {score}")
+    stdout.print(f"figures: {len(result['files']['cameras']) + 1} PNGs in {out}  result: {result['files']['json']}")
 
 
 @app.command()

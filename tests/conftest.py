@@ -39,11 +39,11 @@ TOWN_IMAGE = (192, 112)
 
 @pytest.fixture(scope="session")
 def store_dir(town, tmp_path_factory):
-    """sim-clip features of the test town."""
+    """sim-clip:clean features of the test town (tests that need a teacher with a clear class signal)."""
     from relational_distill.engine.precompute import PrecomputeConfig, precompute
 
     out = tmp_path_factory.mktemp("store") / "features"
-    precompute(PrecomputeConfig(dataroot=town, out=out, image_size=TOWN_IMAGE, summary_per_class=500, quiet=True))
+    precompute(PrecomputeConfig(dataroot=town, out=out, teacher="sim-clip:clean", image_size=TOWN_IMAGE, summary_per_class=500, quiet=True))
     return out
 
 

@@ -25,7 +25,7 @@ def test_summary_and_manifest(store_dir, index):
         assert key in summary
     assert summary["synthetic"] and summary["samples"] == len(index.samples)
     assert 0 < summary["uniformity"] < 4 and 0 < summary["tolerance"] < 1
-    store = FeatureStore.open(store_dir, teacher="sim-clip", version="v1.0-sim")
+    store = FeatureStore.open(store_dir, teacher="sim-clip:clean", version="v1.0-sim")
     feats = store.read(index.samples[0]["token"])
     assert feats.dtype == np.float16 and feats.shape == (6, 512, IMAGE[1] // 16, IMAGE[0] // 16)
     np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=2e-3)
@@ -46,8 +46,8 @@ def test_resume_redoes_only_missing_and_truncated(store_dir, index):
     store.path(cut).write_bytes(data[: len(data) // 2])
     assert not store.is_valid(cut)
     untouched = store.path(index.samples[0]["token"]).stat().st_mtime_ns
-    result = precompute(PrecomputeConfig(dataroot=index.dataroot, out=store_dir, image_size=IMAGE,
-                                         summary_per_class=500, quiet=True))
+    result = precompute(PrecomputeConfig(dataroot=index.dataroot, out=store_dir, teacher="sim-clip:clean",
+                                         image_size=IMAGE, summary_per_class=500, quiet=True))
     assert result["computed"] == 2 and result["skipped"] == len(index.samples) - 2
     assert store.is_valid(gone) and store.is_valid(cut)
     assert store.path(index.samples[0]["token"]).stat().st_mtime_ns == untouched

@@ -449,7 +449,7 @@ def test_changed_feature_bytes_are_refused_and_precompute_redoes_only_them(town,
                             "--config", str(tmp_path / "w.yaml"), "-q"])  # read in a DataLoader worker
     one_line(r, 2, victim.name, "sha256 mismatch", "precompute")
     others = {k: v for k, v in snapshot(store_copy).items() if token not in k}
-    r = runner.invoke(app, ["precompute", str(town), "--out", str(store_copy), "--image-size", "192x112", "-q"])
+    r = runner.invoke(app, ["precompute", str(town), "--out", str(store_copy), "--teacher", "sim-clip:clean", "--image-size", "192x112", "-q"])
     assert r.exit_code == 0, r.output
     assert "computed 1 samples" in r.output
     assert store.is_valid(token)
@@ -487,7 +487,7 @@ def test_finished_precompute_rerun_only_checks(town, store_copy, monkeypatch):
 
     monkeypatch.setattr(precompute_module, "teacher_summary", must_not_run)
     start = time.perf_counter()
-    r = runner.invoke(app, ["precompute", str(town), "--out", str(store_copy), "--image-size", "192x112", "-q"])
+    r = runner.invoke(app, ["precompute", str(town), "--out", str(store_copy), "--teacher", "sim-clip:clean", "--image-size", "192x112", "-q"])
     seconds = time.perf_counter() - start
     assert r.exit_code == 0, r.output
     assert "computed 0 samples" in r.output and "uniformity U" in r.output

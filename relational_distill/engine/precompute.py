@@ -22,6 +22,7 @@ from ..data.town import TOWN_VERSION, is_synthetic_town
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt
 from ..metrics.structure import sample_per_class, tolerance, uniformity
+from ..metrics.teacher_errors import error_statistics, mean_cosine_between_classes
 from ..progress import progress_bar
 from ..report import write_result
 from ..scoring import segmentation_result, teacher_confusion
@@ -152,7 +153,7 @@ def _read_summary(path: Path) -> dict | None:
 def teacher_summary(index: DatasetIndex, store: FeatureStore, min_depth: float, per_class: int = 5000,
                     quiet: bool = False, max_pairs_per_sample: int = 4000, seed: int = 0) -> dict:
     """The teacher's structure on the lidar-paired pixels (pairs at least ``min_depth`` metres in front of a camera;
-    Fig. 1 protocol) and its 2D zero-shot accuracy there."""
+    Fig. 1 protocol), its 2D zero-shot accuracy there and how its errors fall (metrics/teacher_errors.py)."""
     rng = np.random.default_rng(seed)
     feats, labels = [], []
     with progress_bar("teacher summary", len(index.samples), quiet, unit="samples") as bar:
@@ -168,7 +169,9 @@ def teacher_summary(index: DatasetIndex, store: FeatureStore, min_depth: float, 
     pred = zero_shot_labels(q[labelled], text)
     pick = sample_per_class(y, per_class, seed)
     return {"uniformity": uniformity(q[pick], block_size=2048), "tolerance": tolerance(q[pick], y[pick]),
+            "mean_cosine_between_classes": mean_cosine_between_classes(q[pick], y[pick]),
             "zero_shot_pixel_accuracy": float((pred == y[labelled]).double().mean()),
+            **error_statistics(pred, y[labelled]),
             "summary_features": int(len(pick)), "samples": len(index.samples), "bytes_on_disk": store.bytes_on_disk(),
             "bytes_per_sample": store.bytes_on_disk() / max(len(index.samples), 1),
             "min_depth": min_depth, "synthetic": is_synthetic_town(index.dataroot)}

@@ -1,5 +1,6 @@
 """A teacher from its spec string: ``sim-clip`` (the synthetic town's simulated CLIP, configs/sim_clip.yaml) or
-``openclip:MODEL/TAG`` (open_clip with MaskCLIP dense features, docs/teachers.md), behind one interface that
+``sim-clip:clean`` (its clean predecessor, configs/sim_clip_clean.yaml) or ``openclip:MODEL/TAG`` (open_clip with
+MaskCLIP dense features, docs/teachers.md), behind one interface that
 ``precompute`` fills a feature store with."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..config import CONFIG_DIR
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list
 from ..errors import UserError
 from .prompts import load_prompts
+from .sim_clip import SIM_TEACHERS, SimClipConfig, SimClipTeacher
 
 
 class _TeacherAdapter:
@@ -48,8 +50,6 @@ class SimClipAdapter(_TeacherAdapter):
     """The simulated teacher behind the common teacher interface."""
 
     def __init__(self, index: DatasetIndex, config: Path) -> None:
-        from .sim_clip import SimClipConfig, SimClipTeacher
-
         self.cfg = SimClipConfig.from_yaml(config)
         self.teacher = SimClipTeacher(self.cfg, index.fine_to_coarse)
         self.teacher_id = self.teacher.teacher_id
@@ -118,10 +118,6 @@ class OpenClipAdapter(_TeacherAdapter):
         from .maskclip import text_embeddings
 
         return text_embeddings(self.model, self.tokenizer, self.class_prompts).cpu()
-
-
-# The simulated teachers by spec: the configuration file each one is built from (docs/teachers.md).
-SIM_TEACHERS = {"sim-clip": "sim_clip.yaml"}
 
 
 def make_teacher(spec: str, index: DatasetIndex, device: str = "cpu", prompts: Path | None = None,

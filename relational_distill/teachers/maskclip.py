@@ -28,7 +28,7 @@ def parse_teacher(spec: str) -> tuple[str, str | None]:
     """``openclip:MODEL/PRETRAINED`` -> (MODEL, PRETRAINED); PRETRAINED is a tag (``openai``) or a checkpoint path,
     or None for random weights (benchmarks and tests only)."""
     if not spec.startswith("openclip:"):
-        raise UserError(f"teacher '{spec}': use 'sim-clip' or 'openclip:MODEL/PRETRAINED' (e.g. openclip:ViT-B-16/openai)")
+        raise UserError(f"teacher '{spec}': use 'sim-clip', 'sim-clip:clean' or 'openclip:MODEL/PRETRAINED' (e.g. openclip:ViT-B-16/openai)")
     body = spec[len("openclip:"):]
     name, _, pretrained = body.partition("/")
     return name, pretrained or None

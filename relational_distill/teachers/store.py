@@ -256,6 +256,11 @@ class FeatureStore:
 
 
 def _same_teacher(stored: str, requested: str) -> bool:
-    """``sim-clip`` matches any ``sim-clip:<digest>``; otherwise the ids must be equal."""
-    return stored == requested or stored.split(":")[0] == requested == "sim-clip"
+    """A simulated teacher's spec (``sim-clip``, ``sim-clip:clean``) matches the id its configuration gives
+    (``sim-clip:<digest>``); otherwise the ids must be equal."""
+    from .sim_clip import SIM_TEACHERS, SimClipConfig, sim_teacher_id
+
+    if requested in SIM_TEACHERS:
+        return stored == sim_teacher_id(SimClipConfig.named(requested))
+    return stored == requested
 
