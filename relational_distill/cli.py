@@ -282,6 +282,10 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
     _print_evaluation(result)
     write_result(path, result)
     stdout.print(f"result: {path}")
+    from .engine.render import evaluation_plots
+
+    for name, plot in evaluation_plots(result, path.with_suffix("")).items():  # e.g. RUN/zero_shot/iou.png
+        stdout.print(f"{name}: {plot}")
 
 
 @app.command()

@@ -21,7 +21,7 @@ from ..errors import UserError
 from .nuscenes import DatasetIndex, read_float32_rows
 
 LEARNING_MAP_FILE = Path(__file__).with_name("semantic_kitti.yaml")
-LEARNING_MAP_FORMAT = 1
+LEARNING_MAP_FORMAT = 2  # 2: the official color_map
 CAMERA = "image_2"               # the left colour camera; its projection is P2 . Tr
 CALIB_KEYS = ("P0", "P1", "P2", "P3", "Tr")
 REMISSION_SCALE = 255.0          # remission 0-1 -> the 0-255 range of nuScenes intensity
@@ -30,13 +30,15 @@ REMISSION_SCALE = 255.0          # remission 0-1 -> the 0-255 range of nuScenes 
 @dataclass(frozen=True)
 class LearningMap:
     """The official label tables: ``names`` raw id -> name, ``to_class`` raw id -> 0..19 (0 = ignore),
-    ``to_raw`` class -> raw id (for prediction files), ``split`` split name -> sequence numbers."""
+    ``to_raw`` class -> raw id (for prediction files), ``split`` split name -> sequence numbers, ``colors_bgr``
+    raw id -> the official (blue, green, red) colour."""
 
     names: dict[int, str]
     to_class: dict[int, int]
     to_raw: dict[int, int]
     split: dict[str, tuple[int, ...]]
     source: str
+    colors_bgr: dict[int, tuple[int, int, int]]
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -54,6 +56,11 @@ class LearningMap:
         """(20,) uint32 lookup class -> raw id."""
         return np.array([self.to_raw[c] for c in range(len(self.to_raw))], np.uint32)
 
+    def class_colors(self) -> np.ndarray:
+        """(20, 3) uint8 RGB colour of classes 0..19: that of the class's raw id (``to_raw``), as the official
+        visualiser colours learned classes (semantic_kitti.yaml)."""
+        return np.array([self.colors_bgr[self.to_raw[c]][::-1] for c in range(len(self.to_raw))], np.uint8)
+
 
 @functools.lru_cache(maxsize=1)
 def learning_map() -> LearningMap:
@@ -65,7 +72,8 @@ def learning_map() -> LearningMap:
     return LearningMap({int(k): str(v) for k, v in data["labels"].items()},
                        {int(k): int(v) for k, v in data["learning_map"].items()},
                        {int(k): int(v) for k, v in data["learning_map_inv"].items()},
-                       {k: tuple(int(s) for s in v) for k, v in data["split"].items()}, data["source"])
+                       {k: tuple(int(s) for s in v) for k, v in data["split"].items()}, data["source"],
+                       {int(k): tuple(int(s) for s in v) for k, v in data["color_map"].items()})
 
 
 def is_semantickitti(dataroot: Path) -> bool:
