@@ -84,11 +84,16 @@ class _BlockContrastive(torch.autograd.Function):
 
 def contrastive_loss(k: torch.Tensor, q: torch.Tensor, temperature: float = 0.07,
                      block_size: int | None = None) -> torch.Tensor:
-    """InfoNCE over the N pairs, each pair's pixel the positive and the other N-1 pixels the negatives."""
+    """InfoNCE over the N pairs, each pair's pixel the positive and the other N-1 pixels the negatives. Computed in
+    float32 even under mixed precision: the custom backward reuses the forward's buffers, which autocast would
+    otherwise make float16 beside float32 operands."""
     q = q.detach()
-    if block_size is None:
-        return _PlainContrastive.apply(k, q, temperature)
-    return _BlockContrastive.apply(k, q, temperature, block_size)
+    dtype = torch.promote_types(torch.promote_types(k.dtype, q.dtype), torch.float32)  # float64 stays float64
+    with torch.autocast(k.device.type, enabled=False):
+        k, q = k.to(dtype), q.to(dtype)
+        if block_size is None:
+            return _PlainContrastive.apply(k, q, temperature)
+        return _BlockContrastive.apply(k, q, temperature, block_size)
 
 
 def superpixel_pool(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
