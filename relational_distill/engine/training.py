@@ -241,6 +241,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     started = time.perf_counter()
     samples_seen = 0
     log = RunLog(out) if dinfo.main else None
+    if log and not cfg.quiet:
+        print(log.notice, file=sys.stderr)
     if log and (previous or not log.empty):
         log.write({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else
                   {"event": "start"})
