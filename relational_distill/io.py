@@ -2,11 +2,13 @@
 The file gets the permissions the user's umask gives a new file (``mkstemp`` alone would leave it 0600)."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -55,3 +57,41 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+LOCK_FILE = ".rdistill.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``what`` names it in the error) for as long as the block runs; a second
+    process that asks for it is refused in one line. The lock is the operating system's (``flock`` on
+    ``FOLDER/.rdistill.lock``, which records the holder's pid): it goes with the process that holds it, so one left
+    by a killed process is free again, with no stale-lock rule. The file is removed on release."""
+    from .errors import UserError
+
+    path = Path(folder) / LOCK_FILE
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()[:20] or "?"
+            handle.close()
+            raise UserError(f"{folder}: another rdistill process (pid {owner}) is writing this {what}; wait for it "
+                            f"to finish, or choose another --out folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # the file still at the path is the one locked (not one a releasing holder just removed)
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()

@@ -26,6 +26,7 @@ from ..checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, rng_state,
 from ..data.dataset import collate
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt, deferred as deferred_stop
+from ..io import folder_lock
 from ..progress import progress_bar
 from ..report import read_log
 from ..threads import training_threads
@@ -179,6 +180,25 @@ def _finite_weights(model: torch.nn.Module) -> bool:
 def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
           dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: CheckpointMeta,
           on_epoch_end: Callable[[int, RunLog | None], None] | None = None) -> dict:
+    """:func:`train_in_folder` while holding the run folder's lock (io.folder_lock): a second command writing the
+    same folder at the same time is refused in one line. Only the main process takes it."""
+    if not init_distributed(cfg.device).main:
+        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
+    out = Path(cfg.out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "run folder"):
+            return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
+    except UserError:
+        if created and not any(out.iterdir()):  # refused before writing anything
+            out.rmdir()
+        raise
+
+
+def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
+                    dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor],
+                    meta: CheckpointMeta, on_epoch_end: Callable[[int, RunLog | None], None] | None = None) -> dict:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss.
 
     ``dataset[(epoch, i)]`` is sample ``i`` as drawn in ``epoch`` (its random draws seeded by both, so that a
