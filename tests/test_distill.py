@@ -108,8 +108,8 @@ def test_slidr_superpixel_contrastive_trains_from_stored_superpixels(town, store
     cfg = tiny_distill_config(loss="contrastive", epochs=1, superpixels=30)
     with pytest.raises(UserError, match="--superpixels 30"):
         distill(town, features, tmp_path / "missing", cfg, quiet=True)
-    result = precompute(PrecomputeConfig(dataroot=town, out=features, image_size=TOWN_IMAGE, superpixels=30,
-                                         summary_per_class=100, quiet=True))
+    result = precompute(PrecomputeConfig(dataroot=town, out=features, teacher="sim-clip:clean", image_size=TOWN_IMAGE,
+                                         superpixels=30, summary_per_class=100, quiet=True))
     assert result["computed"] == 0 and result["superpixels"]["computed"] > 0
 
     def no_slic(*args, **kwargs):

@@ -48,7 +48,9 @@ def one_line(result, code: int = 2, *fragments: str) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    """Every file of ``folder`` but TensorBoard's event files, which (like log.jsonl) each run only adds to."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and "tensorboard" not in p.relative_to(folder).parts}
 
 
 def run_api(fn, capsys) -> tuple[int, str]:
