@@ -32,6 +32,18 @@ def load_student(checkpoint: Path, device: str) -> tuple[Student, CheckpointMeta
     return model.to(device).eval(), state.meta
 
 
+def require_same_classes(checkpoint: Path, meta: CheckpointMeta, index) -> None:
+    """Refuse, in one line, to label ``index``'s dataset with a checkpoint whose classes are another dataset's: a
+    distilled checkpoint labels nuScenes' 16 classes zero-shot, a finetuned head the classes it was trained on."""
+    classes_of = "nuscenes" if meta.kind == "distill" else meta.dataset
+    if index.dataset != classes_of:
+        raise UserError(f"{checkpoint}: predicts the classes of {classes_of}, but {index.dataroot} is {index.dataset}; "
+                        f"finetune it there first with 'rdistill finetune CHECKPOINT --dataroot {index.dataroot}'")
+    if meta.kind != "distill" and meta.class_names is not None and list(meta.class_names) != list(index.class_names):
+        raise UserError(f"{checkpoint}: its head predicts the classes {', '.join(meta.class_names)}, not those of "
+                        f"{index.dataroot} ({', '.join(index.class_names)}); finetune it there first")
+
+
 def zero_shot_labels(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """(N,) classes 1..C: the text embedding (C, D) nearest each L2-normalised feature (N, D) in cosine."""
     return (features @ text.T).argmax(1) + 1

@@ -37,6 +37,18 @@ def nusc(town):
 TOWN_IMAGE = (192, 112)
 
 
+def loss_forms() -> dict:
+    """Every form of the three losses (plain, block-wise, Gram), as ``fn(k, q) -> loss``, for tests run on each."""
+    from relational_distill.losses import contrastive_loss, relational_loss, similarity_loss
+
+    return {"contrastive-plain": lambda k, q: contrastive_loss(k, q),
+            "contrastive-block": lambda k, q: contrastive_loss(k, q, block_size=64),
+            "similarity": similarity_loss,
+            "relational-p1-plain": lambda k, q: relational_loss(k, q, p=1),
+            "relational-p1-block": lambda k, q: relational_loss(k, q, p=1, block_size=64),
+            "relational-p2-gram": lambda k, q: relational_loss(k, q, p=2)}
+
+
 @pytest.fixture(scope="session")
 def store_dir(town, tmp_path_factory):
     """sim-clip:clean features of the test town (tests that need a teacher with a clear class signal)."""

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 
 from relational_distill.checkpoint import load_checkpoint
 from relational_distill.engine.distill import distill
-from relational_distill.losses import contrastive_loss, relational_loss, similarity_loss
 from relational_distill.models.sparse_unet import Student, VoxelConfig
 
-from .conftest import TOWN_IMAGE, tiny_distill_config
+from .conftest import TOWN_IMAGE, loss_forms, tiny_distill_config
 from .test_student import algorithms, cloud
 
 pytestmark = [pytest.mark.cuda,
@@ -103,14 +102,7 @@ def _flip_bound(k: torch.Tensor, q: torch.Tensor, intra_weight: float = 1.0, nea
     return (2 * w * cross.sum(1) + 4 * intra_weight * w * intra.sum(1)).float()[:, None]
 
 
-LOSS_FORMS = {
-    "contrastive": lambda k, q: contrastive_loss(k, q),
-    "contrastive-block64": lambda k, q: contrastive_loss(k, q, block_size=64),
-    "similarity": similarity_loss,
-    "relational-p1": lambda k, q: relational_loss(k, q, p=1),
-    "relational-p1-block64": lambda k, q: relational_loss(k, q, p=1, block_size=64),
-    "relational-p2-gram": lambda k, q: relational_loss(k, q, p=2),
-}
+LOSS_FORMS = loss_forms()
 
 
 @pytest.mark.parametrize("form", list(LOSS_FORMS))

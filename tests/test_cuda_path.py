@@ -36,9 +36,9 @@ import torch.nn.functional as F
 import relational_distill
 from relational_distill.engine import distill as distill_module
 from relational_distill.engine.distill import distill
-from relational_distill.losses import contrastive_loss, relational_loss, similarity_loss, superpixel_pool
+from relational_distill.losses import contrastive_loss, superpixel_pool
 
-from .conftest import tiny_distill_config
+from .conftest import loss_forms, tiny_distill_config
 
 PACKAGE = Path(relational_distill.__file__).resolve().parent
 WATCHED = (PACKAGE / "models", PACKAGE / "losses.py")
@@ -249,12 +249,7 @@ _MASK_LINE = _line_of(LOSSES, "cross[off].mean()")
 _POOL_LINE = _line_of(LOSSES, "torch.unique(segment, return_inverse=True)")
 
 FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "contrastive-plain": lambda k, q: contrastive_loss(k, q),
-    "contrastive-block": lambda k, q: contrastive_loss(k, q, block_size=64),
-    "similarity": similarity_loss,
-    "relational-p1-plain": lambda k, q: relational_loss(k, q, p=1),
-    "relational-p1-block": lambda k, q: relational_loss(k, q, p=1, block_size=64),
-    "relational-p2-gram": lambda k, q: relational_loss(k, q, p=2),
+    **loss_forms(),
     "contrastive-superpixels": lambda k, q: contrastive_loss(
         superpixel_pool(k, torch.arange(len(k)) % 50), superpixel_pool(q, torch.arange(len(q)) % 50)),
 }

@@ -17,7 +17,7 @@ from ..data.submission import PredictionWriter
 from ..data.town import is_synthetic_town
 from ..errors import UserError
 from ..scoring import ABSENT_RULE, segmentation_confusion, segmentation_result, teacher_confusion
-from ..student import load_student
+from ..student import load_student, require_same_classes
 from ..teachers.store import FeatureStore
 from .runtime import resolve_device
 
@@ -37,13 +37,7 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
         require_labels(version or meta.version, "evaluate", "--save-predictions DIR to write predictions for "
                                                             "the benchmark's server")
     index = open_index(dataroot or meta.dataroot, version or meta.version, dataset)
-    classes_of = "nuscenes" if zero_shot else meta.dataset
-    if index.dataset != classes_of:
-        raise UserError(f"{checkpoint}: predicts the classes of {classes_of}, but {index.dataroot} is {index.dataset}; "
-                        f"finetune it there first with 'rdistill finetune CHECKPOINT --dataroot {index.dataroot}'")
-    if not zero_shot and meta.class_names is not None and list(meta.class_names) != list(index.class_names):
-        raise UserError(f"{checkpoint}: its head predicts the classes {', '.join(meta.class_names)}, not those of "
-                        f"{index.dataroot} ({', '.join(index.class_names)}); finetune it there first")
+    require_same_classes(checkpoint, meta, index)
     samples = index.split(split)
     if not samples:
         raise UserError(f"{index.dataroot}: no samples in split '{split}'")

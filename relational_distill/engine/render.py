@@ -29,7 +29,7 @@ from ..metrics.segmentation import confusion_matrix
 from ..progress import progress_bar
 from ..report import save_figure, write_result
 from ..scoring import segmentation_result
-from ..student import load_student, predict, zero_shot_labels
+from ..student import load_student, predict, require_same_classes, zero_shot_labels
 from ..teachers.store import FeatureStore
 from .runtime import resolve_device
 
@@ -120,13 +120,7 @@ def _predictor(checkpoint: Path | None, features: Path | None, dataroot: Path | 
                         f"drop it, or pass --features alone for the teacher's labels")
     index = open_index(dataroot or meta.dataroot, version or meta.version, dataset)
     zero_shot = meta.kind == "distill"
-    classes_of = "nuscenes" if zero_shot else meta.dataset
-    if index.dataset != classes_of:
-        raise UserError(f"{checkpoint}: predicts the classes of {classes_of}, but {index.dataroot} is {index.dataset}; "
-                        f"finetune it there first with 'rdistill finetune CHECKPOINT --dataroot {index.dataroot}'")
-    if not zero_shot and meta.class_names is not None and list(meta.class_names) != list(index.class_names):
-        raise UserError(f"{checkpoint}: its head predicts the classes {', '.join(meta.class_names)}, not those of "
-                        f"{index.dataroot} ({', '.join(index.class_names)}); finetune it there first")
+    require_same_classes(checkpoint, meta, index)
     text, record = None, {"checkpoint": str(checkpoint)}
     if zero_shot:
         store = FeatureStore.open(features or meta.features, teacher=meta.teacher_id)
