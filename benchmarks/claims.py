@@ -1,5 +1,5 @@
 """The paper's claims (docs/method.md), each tested on the runs of a comparison (benchmarks/compare_losses.py's
-results.json, one row per loss and seed): a paired bootstrap over seeds for each comparison, a bootstrap over
+results.json, one row per loss and seed, for each teacher of its ``by_teacher``): a paired bootstrap over seeds for each comparison, a bootstrap over
 runs for each correlation. A verdict is "holds", "does not hold" or "not resolved" (the 95 % interval contains 0).
 
     .venv/bin/python benchmarks/claims.py docs/results/results.json --out docs/results
@@ -95,20 +95,25 @@ def numbers(c: dict) -> str:
                      for p in parts) + f" ({len(parts[0]['seeds'])} seeds)"
 
 
+def claims_markdown(spec: str, table: list[dict], summary: dict) -> str:
+    return (f"**Synthetic** claims under `{spec}` ({summary['seeds']} seeds, each its own town, {summary['date']}); "
+            "differences are A − B with a paired bootstrap 95 % interval over seeds (mIoU as fractions, structure in "
+            "its units):\n\n"
+            + markdown_table(["claim", "verdict", "numbers"],
+                             [[c["claim"].replace("|", "\\|"), c["verdict"], numbers(c)] for c in table]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="a results.json of benchmarks/compare_losses.py")
     parser.add_argument("--out", type=Path, help="write claims.json and claims.md here")
     args = parser.parse_args()
     summary = json.loads(args.results.read_text())
-    table = claims(summary["runs"])
-    teacher = summary.get("teacher", {}).get("teacher", "the simulated teacher")
-    md = (f"**Synthetic** claims under {teacher} ({summary['seeds']} seeds, {summary['date']}); differences are A − B "
-          f"with a paired bootstrap 95 % interval over seeds (mIoU as fractions, structure in its units):\n\n"
-          + markdown_table(["claim", "verdict", "numbers"], [[c["claim"].replace("|", "\\|"), c["verdict"], numbers(c)] for c in table]))
+    tables = {spec: claims(s["runs"]) for spec, s in summary["by_teacher"].items()}
+    md = "\n".join(claims_markdown(spec, table, summary) for spec, table in tables.items())
     print(md)
     if args.out:
-        atomic_write_json(args.out / "claims.json", {"teacher": teacher, "claims": table, "source": str(args.results)})
+        atomic_write_json(args.out / "claims.json", {"claims": tables, "source": str(args.results)})
         atomic_write_text(args.out / "claims.md", md)
 
 

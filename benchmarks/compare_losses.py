@@ -1,18 +1,23 @@
 """The results table (docs/method.md, "the paper's claims"): contrastive vs similarity vs relational (and a random-init student), end to end on
-the synthetic town, over several seeds.
+synthetic towns, over several seeds and under one or more simulated teachers.
 
-For each loss and seed: distill, zero-shot mIoU (also as a percentage of the teacher's own zero-shot mIoU at the
-lidar-paired val points, the teacher ceiling), finetune at 1 % in distribution and out of distribution (the
-64-beam town in SemanticKITTI's layout, scored by SemanticKITTI's convention), linear probe at 100 %, and U, T, G
-of the 3D features against the teacher's. Two reference rows: the teacher ceiling, and the supervised upper
-bound (the same student from scratch on 100 % of the labels, ``configs/upper_bound_cpu.yaml``). Writes
-``results.md``, ``results.json`` and ``results.png`` into --out, and the correlation between the structural
-gaps (G, |dU|, |dT|) and the mIoUs. Every number it produces is synthetic.
+Each seed has its own town (``make-sim --scenes 8 --samples-per-scene 6 --seed S``) and its own 64-beam town in
+SemanticKITTI's layout (seed 100 + S), so a verdict holds across towns and not for one. For each teacher, loss and
+seed: distill, zero-shot mIoU (also as a fraction of that town's teacher ceiling: the teacher's own zero-shot mIoU
+at the lidar-paired val points), finetune at 1 % in distribution and out of distribution (scored by
+SemanticKITTI's convention), linear probe at 100 %, and U, T, G of the 3D features against the teacher's.
+Reference rows: the teacher ceiling, the class-mean oracle (each val pair gets the mean train teacher feature of
+its class: what a perfect distillation reaches zero-shot, benchmarks/convergence.py) and the supervised upper
+bound (the same student from scratch on 100 % of the labels, ``configs/upper_bound_cpu.yaml``; it does not depend
+on the teacher, so the teachers share it). The paper's claims are tested per teacher (benchmarks/claims.py).
+Writes ``results.md``, ``results.json`` (``by_teacher``, ``claims``) and ``results-<teacher>.png`` into --out.
+Every number it produces is synthetic.
 
-    .venv/bin/python benchmarks/compare_losses.py --out runs/compare --jobs 2   # CPU size, 2 cores
+    .venv/bin/python benchmarks/compare_losses.py --out runs/compare --jobs 2 --teacher sim-clip --teacher sim-clip:clean
     .venv/bin/python benchmarks/compare_losses.py --out runs/compare-gpu --scale 4 --device cuda
 
-Runs are resumable: a step whose result JSON exists is not run again.
+Runs are resumable: a step whose result JSON exists is not run again, so a second teacher added later reuses the
+towns and the upper bounds.
 """
 from __future__ import annotations
 
@@ -29,9 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from claims import claims as test_claims, claims_markdown
+from convergence import ceilings
 from relational_distill.config import CONFIG_DIR, load_config
-from relational_distill.sim.kitti_writer import make_kitti_town
-from relational_distill.sim.writer import SimConfig, make_town
+from relational_distill.data.dataset import load_sample
+from relational_distill.data.nuscenes import load_index
+from relational_distill.data.town import TOWN_VERSION
 from relational_distill.engine.analyze import analyze
 from relational_distill.engine.distill import DistillConfig, distill
 from relational_distill.engine.evaluate import evaluate
@@ -39,9 +47,13 @@ from relational_distill.engine.finetune import FinetuneConfig, finetune
 from relational_distill.engine.precompute import PrecomputeConfig, precompute
 from relational_distill.io import atomic_write_json, atomic_write_text
 from relational_distill.report import markdown_table
+from relational_distill.sim.kitti_writer import make_kitti_town
+from relational_distill.sim.writer import SimConfig, make_town
+from relational_distill.teachers.store import FeatureStore
 
 VARIANTS = ("random-init", "contrastive", "similarity", "relational")
 COLUMNS = ("zero_shot", "finetune_1pct_id", "finetune_1pct_ood", "linear_probe", "U_3d", "T_3d", "G")
+OOD_SEED_OFFSET = 100  # the SemanticKITTI-format town of seed S is made with seed 100 + S
 
 
 def cached(path: Path, fn):
@@ -53,8 +65,48 @@ def cached(path: Path, fn):
     return result
 
 
-def run_variant(variant: str, seed: int, args, town: Path, town64: Path, features: Path, teacher: dict) -> dict:
-    run = args.out / f"{variant}-seed{seed}"
+def slug(teacher: str) -> str:
+    """A folder name for a teacher spec: ``sim-clip:clean`` -> ``sim-clip-clean``."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in teacher)
+
+
+def towns(args, seed: int) -> tuple[Path, Path]:
+    """The seed's town and its SemanticKITTI-format town (made once, shared by every teacher)."""
+    root = args.out / "towns" / f"seed{seed}"
+    town, town64 = root / "town", root / "town64-semantickitti"
+    if not (town / "splits.json").exists():
+        make_town(town, SimConfig(scenes=8 * args.scale, samples_per_scene=6, seed=seed))
+    if not town64.exists():  # make_kitti_town writes into a temporary folder and renames it when complete
+        make_kitti_town(town64, SimConfig(scenes=6 * args.scale, samples_per_scene=6, seed=OOD_SEED_OFFSET + seed,
+                                          lidar="hdl64"))
+    return town, town64
+
+
+def teacher_run(args, teacher: str, seed: int) -> Path:
+    return args.out / slug(teacher) / f"seed{seed}"
+
+
+def run_teacher(teacher: str, seed: int, args) -> dict:
+    """The teacher's store on the seed's town, its summary (ceiling, U, T) and the class-mean oracle."""
+    town, _ = towns(args, seed)
+    root = teacher_run(args, teacher, seed)
+    summary = cached(root / "teacher.json", lambda: precompute(PrecomputeConfig(
+        dataroot=town, out=root / "features", teacher=teacher, quiet=True, summary_per_class=args.per_class)))
+
+    def oracle() -> dict:
+        index, store = load_index(town, TOWN_VERSION), FeatureStore.open(root / "features")
+        _, text = store.text_embeddings()
+        train = [load_sample(index, s, store) for s in index.split("train")]
+        val = [load_sample(index, s, store) for s in index.split("val")]
+        return ceilings(train, val, text)
+
+    summary["class_mean_oracle_miou"] = cached(root / "oracle.json", oracle)["class_mean_oracle_miou"]
+    return summary
+
+
+def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> dict:
+    town, town64 = towns(args, seed)
+    run = teacher_run(args, teacher, seed) / variant
     base = load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {})
     cfg = replace(base, loss="relational" if variant == "random-init" else variant, seed=seed,
                   epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
@@ -67,6 +119,7 @@ def run_variant(variant: str, seed: int, args, town: Path, town64: Path, feature
         timings[name] = time.perf_counter() - start
         return out
 
+    features = teacher_run(args, teacher, seed) / "features"
     timed("distill", lambda: cached(run / "distill.json", lambda: _drop_heavy(
         distill(town, features, run / "distill", cfg, device=args.device, resume=True, quiet=True))))
     zs = timed("zero_shot", lambda: cached(run / "zero_shot.json",
@@ -85,8 +138,8 @@ def run_variant(variant: str, seed: int, args, town: Path, town64: Path, feature
         finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=True, quiet=True))))
     an = timed("analyze", lambda: cached(run / "analysis.json", lambda: analyze(
         ckpt, per_class=args.per_class, out=run / "analysis", device=args.device, quiet=True, plot=seed == 0)))
-    return {"variant": variant, "seed": seed, "zero_shot": zs["miou"],
-            "zero_shot_of_teacher": zs["miou"] / teacher["teacher_zero_shot_miou"],
+    return {"variant": variant, "seed": seed, "teacher": teacher, "zero_shot": zs["miou"],
+            "zero_shot_of_teacher": zs["miou"] / ceiling,
             "finetune_1pct_id": ft_id["evaluation"]["miou"], "finetune_1pct_ood": ft_ood["evaluation"]["miou"],
             "linear_probe": lp["evaluation"]["miou"], "U_3d": an["uniformity_3d"], "T_3d": an["tolerance_3d"],
             "G": an["modality_gap"], "U_2d": an["uniformity_2d"], "T_2d": an["tolerance_2d"],
@@ -94,24 +147,30 @@ def run_variant(variant: str, seed: int, args, town: Path, town64: Path, feature
             "seconds": timings}
 
 
-def run_upper_bound(seed: int, args, town: Path) -> float:
-    """The supervised upper bound: the student from scratch on 100 % of the labels; its val mIoU."""
+def run_upper_bound(seed: int, args) -> float:
+    """The supervised upper bound: the student from scratch on 100 % of the seed's town's labels; its val mIoU."""
+    town, _ = towns(args, seed)
     cfg = load_config(FinetuneConfig, CONFIG_DIR / "upper_bound_cpu.yaml", {})
     cfg = replace(cfg, seed=seed, workers=args.workers, epochs=cfg.epochs * args.scale)
-    run = args.out / f"upper-bound-seed{seed}"
+    run = args.out / "towns" / f"seed{seed}" / "upper-bound"
     result = cached(run / "finetune.json", lambda: _drop_heavy(
         finetune(None, run / "run", cfg, dataroot=town, device=args.device, resume=True, quiet=True)))
     return result["evaluation"]["miou"]
 
 
-def run_task(variant: str, seed: int, args, town: Path, town64: Path, features: Path, teacher: dict):
-    """One row of the table (a variant, or the upper bound) for one seed, printed when done."""
-    if variant == "upper-bound":
-        upper = run_upper_bound(seed, args, town)
+def run_task(kind: str, seed: int, args, teacher: str | None = None, ceiling: float | None = None):
+    """One step (a teacher's store, the upper bound, or one row of the table) for one seed, printed when done."""
+    if kind == "teacher":
+        summary = run_teacher(teacher, seed, args)
+        print(f"{teacher} seed {seed}: ceiling {summary['teacher_zero_shot_miou']:.3f}, class-mean oracle "
+              f"{summary['class_mean_oracle_miou']:.3f}", flush=True)
+        return summary
+    if kind == "upper-bound":
+        upper = run_upper_bound(seed, args)
         print(f"supervised upper bound seed {seed}: {upper:.3f}", flush=True)
         return upper
-    row = run_variant(variant, seed, args, town, town64, features, teacher)
-    print(f"{variant} seed {seed}: " + ", ".join(f"{c} {row[c]:.3f}" for c in COLUMNS), flush=True)
+    row = run_variant(kind, seed, args, teacher, ceiling)
+    print(f"{teacher} {kind} seed {seed}: " + ", ".join(f"{c} {row[c]:.3f}" for c in COLUMNS), flush=True)
     return row
 
 
@@ -127,12 +186,13 @@ def pearson(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def summarise(rows: list[dict], upper: list[float], teacher: dict, args, started: float) -> dict:
-    table = {}
-    for variant in VARIANTS:
-        mine = [r for r in rows if r["variant"] == variant]
-        table[variant] = {c: (float(np.mean([r[c] for r in mine])), float(np.std([r[c] for r in mine])))
-                          for c in COLUMNS}
+def mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarise(rows: list[dict], upper: list[float], teachers: list[dict]) -> dict:
+    """One teacher's summary: its rows (variants x seeds), the seeds' upper bounds and teacher summaries."""
+    table = {v: {c: mean_std([r[c] for r in rows if r["variant"] == v]) for c in COLUMNS} for v in VARIANTS}
     trained = [r for r in rows if r["variant"] != "random-init"]
     correlations = {gap: {m: pearson([r[gap] for r in trained], [r[m] for r in trained])
                           for m in ("zero_shot", "finetune_1pct_id", "finetune_1pct_ood", "linear_probe")}
@@ -141,43 +201,55 @@ def summarise(rows: list[dict], upper: list[float], teacher: dict, args, started
     for r in rows:
         for k, v in r["seconds"].items():
             stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+    ceiling = mean_std([t["teacher_zero_shot_miou"] for t in teachers])
     students = {v: {"zero_shot_miou": table[v]["zero_shot"][0], "zero_shot_miou_std": table[v]["zero_shot"][1],
-                    "zero_shot_of_teacher": table[v]["zero_shot"][0] / teacher["teacher_zero_shot_miou"]}
+                    "zero_shot_of_teacher": mean_std([r["zero_shot_of_teacher"] for r in rows if r["variant"] == v])[0]}
                 for v in VARIANTS}
-    return {"synthetic": True, "date": date.today().isoformat(), "seeds": args.seeds, "scale": args.scale,
-            "teacher_zero_shot_miou": teacher["teacher_zero_shot_miou"],
+    return {"teacher": teachers[0]["teacher"], "teacher_zero_shot_miou": ceiling[0], "teacher_zero_shot_miou_std": ceiling[1],
+            "class_mean_oracle_miou": mean_std([t["class_mean_oracle_miou"] for t in teachers])[0],
+            "uniformity": mean_std([t["uniformity"] for t in teachers])[0],
+            "tolerance": mean_std([t["tolerance"] for t in teachers])[0],
             "supervised_upper_bound_miou": float(np.mean(upper)), "supervised_upper_bound_miou_std": float(np.std(upper)),
-            "students": students, "teacher": teacher, "table": table, "correlations_pearson": correlations, "runs": rows,
-            "seconds_total": time.perf_counter() - started, "seconds_per_stage": stage_seconds,
-            "command": f"python benchmarks/compare_losses.py --out {args.out} --seeds {args.seeds} --scale {args.scale}"}
+            "students": students, "teacher_per_seed": teachers, "table": table, "correlations_pearson": correlations,
+            "claims": test_claims(rows), "runs": rows, "seconds_per_stage": stage_seconds}
+
+
+def teacher_markdown(spec: str, s: dict) -> str:
+    header = ["student", "zero-shot mIoU", "of the teacher", "1 % ID mIoU", "1 % OOD mIoU (SemanticKITTI format)",
+              "linear probe mIoU", "U (3D)", "T (3D)", "G"]
+    rows = []
+    for variant, cols in s["table"].items():
+        cells = [f"{100 * m:.1f} ± {100 * sd:.1f}" if c not in ("U_3d", "T_3d", "G") else f"{m:.3f} ± {sd:.3f}"
+                 for c, (m, sd) in ((c, cols[c]) for c in COLUMNS)]
+        rows.append([variant, cells[0], f"{s['students'][variant]['zero_shot_of_teacher']:.2f}x", *cells[1:]])
+    rows.append([f"teacher ceiling (2D {spec}, lidar-paired val points)",
+                 f"{100 * s['teacher_zero_shot_miou']:.1f} ± {100 * s['teacher_zero_shot_miou_std']:.1f}", "1.00x",
+                 "", "", "", f"{s['uniformity']:.3f}", f"{s['tolerance']:.3f}", "0"])
+    rows.append(["class-mean oracle (mean train teacher feature of each val pair's class)",
+                 f"{100 * s['class_mean_oracle_miou']:.1f}",
+                 f"{s['class_mean_oracle_miou'] / s['teacher_zero_shot_miou']:.2f}x", "", "", "", "", "", ""])
+    rows.append(["supervised upper bound (from scratch, 100 % labels)",
+                 f"{100 * s['supervised_upper_bound_miou']:.1f} ± {100 * s['supervised_upper_bound_miou_std']:.1f}"
+                 " (val mIoU)", "", "", "", "", "", "", ""])
+    corr_rows = [[gap] + [f"{v:+.2f}" if not math.isnan(v) else "n/a" for v in c.values()]
+                 for gap, c in s["correlations_pearson"].items()]
+    return (f"### Teacher `{spec}`\n\n" + markdown_table(header, rows)
+            + "\nPearson correlation over the trained runs (losses x seeds) between a structural gap and an mIoU:\n\n"
+            + markdown_table(["gap", "zero-shot", "1 % ID", "1 % OOD", "linear probe"], corr_rows))
 
 
 def write_outputs(summary: dict, out: Path) -> None:
-    header = ["student", "zero-shot mIoU", "% of teacher", "1 % ID mIoU", "1 % OOD mIoU (SemanticKITTI format)",
-              "linear probe mIoU", "U (3D)", "T (3D)", "G"]
-    rows = []
-    for variant, cols in summary["table"].items():
-        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" if c not in ("U_3d", "T_3d", "G") else f"{m:.3f} ± {s:.3f}"
-                 for c, (m, s) in ((c, cols[c]) for c in COLUMNS)]
-        rows.append([variant, cells[0], f"{100 * summary['students'][variant]['zero_shot_of_teacher']:.0f} %", *cells[1:]])
-    t = summary["teacher"]
-    rows.append(["teacher ceiling (2D sim-clip, lidar-paired val points)", f"{100 * t['teacher_zero_shot_miou']:.1f}",
-                 "100 %", "", "", "", f"{t['uniformity']:.3f}", f"{t['tolerance']:.3f}", "0"])
-    rows.append(["supervised upper bound (from scratch, 100 % labels)",
-                 f"{100 * summary['supervised_upper_bound_miou']:.1f} ± {100 * summary['supervised_upper_bound_miou_std']:.1f}"
-                 " (val mIoU)", "", "", "", "", "", "", ""])
-    corr_rows = [[gap] + [f"{v:+.2f}" if not math.isnan(v) else "n/a" for v in c.values()]
-                 for gap, c in summary["correlations_pearson"].items()]
-    md = ("**Synthetic** (synthetic town, simulated CLIP teacher): mean ± std over "
-          f"{summary['seeds']} seeds, mIoU in %, {summary['date']}.\n\n" + markdown_table(header, rows)
-          + "\nPearson correlation over the trained runs (losses x seeds) between a structural gap and an mIoU:\n\n"
-          + markdown_table(["gap", "zero-shot", "1 % ID", "1 % OOD", "linear probe"], corr_rows))
+    md = (f"**Synthetic** (synthetic towns, simulated CLIP teachers): mean ± std over {summary['seeds']} seeds, each "
+          f"seed its own town, mIoU in %, {summary['date']}.\n\n"
+          + "\n".join(teacher_markdown(spec, s) + "\n" + claims_markdown(spec, s["claims"], summary)
+                      for spec, s in summary["by_teacher"].items()))
     atomic_write_text(out / "results.md", md)
     atomic_write_json(out / "results.json", summary)
-    plot(summary, out / "results.png")
+    for spec, s in summary["by_teacher"].items():
+        plot(s, spec, out / f"results-{slug(spec)}.png")
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, spec: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,9 +265,10 @@ def plot(summary: dict, path: Path) -> None:
         xs = np.arange(len(metrics)) + (i - 1.5) * width
         axes[0].bar(xs, [100 * cols[m][0] for m, _ in metrics], width, yerr=[100 * cols[m][1] for m, _ in metrics],
                     label=variant, color=colour[variant])
+    axes[0].axhline(100 * summary["teacher_zero_shot_miou"], color="k", ls="--", lw=1, label="teacher ceiling")
     axes[0].set_xticks(np.arange(len(metrics)), [n for _, n in metrics])
     axes[0].set_ylabel("mIoU (%)")
-    axes[0].set_title("segmentation (synthetic)")
+    axes[0].set_title(f"segmentation, teacher {spec} (synthetic)")
     axes[0].legend(fontsize=8)
     for variant in VARIANTS[1:]:
         runs = [r for r in summary["runs"] if r["variant"] == variant]
@@ -213,39 +286,47 @@ def plot(summary: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--teacher", action="append", default=None,
+                        help="a simulated or open_clip teacher spec, repeatable (default: sim-clip)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--scale", type=int, default=1, help="multiplies town size and epochs (GPU: 4 or more)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default=None, help="student preset (default: small, minkunet34 when --scale > 1)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1,
-                        help="rows run at once, each in its own process with its share of the threads (spconv's "
+                        help="steps run at once, each in its own process with its share of the threads (spconv's "
                              "CPU convolutions use one core, so on 2 cores --jobs 2 nearly halves the time)")
     parser.add_argument("--per-class", type=int, default=1000)
-    parser.add_argument("--replot", action="store_true", help="only redraw results.png from results.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNGs from results.json")
     args = parser.parse_args()
+    teachers = args.teacher or ["sim-clip"]
     if args.replot:
-        return plot(json.loads((args.out / "results.json").read_text()), args.out / "results.png")
+        summary = json.loads((args.out / "results.json").read_text())
+        for spec, s in summary["by_teacher"].items():
+            plot(s, spec, args.out / f"results-{slug(spec)}.png")
+        return
     args.preset = args.preset or ("small" if args.scale == 1 else "minkunet34")
     args.epochs = load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {}).epochs * args.scale
     started = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    town, town64, features = args.out / "town", args.out / "town64-semantickitti", args.out / "features"
-    if not (town / "splits.json").exists():
-        make_town(town, SimConfig(scenes=8 * args.scale, samples_per_scene=6, seed=0))
-    if not town64.exists():  # make_kitti_town writes into a temporary folder and renames it when complete
-        make_kitti_town(town64, SimConfig(scenes=6 * args.scale, samples_per_scene=6, seed=1, lidar="hdl64"))
-    teacher = cached(args.out / "teacher.json", lambda: precompute(
-        PrecomputeConfig(dataroot=town, out=features, quiet=True, summary_per_class=args.per_class)))
-    tasks = [(seed, variant) for seed in range(args.seeds) for variant in ("upper-bound", *VARIANTS)]
+    seeds = range(args.seeds)
+    for seed in seeds:
+        towns(args, seed)
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
                              initargs=(max(1, torch.get_num_threads() // args.jobs),)) as pool:
-        futures = [pool.submit(run_task, variant, seed, args, town, town64, features, teacher)
-                   for seed, variant in tasks]
-        results = [f.result() for f in futures]
-    rows = [r for (seed, variant), r in zip(tasks, results) if variant != "upper-bound"]
-    upper = [r for (seed, variant), r in zip(tasks, results) if variant == "upper-bound"]
-    summary = summarise(rows, upper, teacher, args, started)
+        summaries = {(t, s): pool.submit(run_task, "teacher", s, args, t) for t in teachers for s in seeds}
+        summaries = {k: f.result() for k, f in summaries.items()}
+        uppers = [pool.submit(run_task, "upper-bound", s, args) for s in seeds]
+        rows = {(t, s, v): pool.submit(run_task, v, s, args, t, summaries[t, s]["teacher_zero_shot_miou"])
+                for t in teachers for s in seeds for v in VARIANTS}
+        upper = [f.result() for f in uppers]
+        rows = {k: f.result() for k, f in rows.items()}
+    by_teacher = {t: summarise([rows[t, s, v] for s in seeds for v in VARIANTS], upper, [summaries[t, s] for s in seeds])
+                  for t in teachers}
+    command = (f"python benchmarks/compare_losses.py --out {args.out} --seeds {args.seeds} --scale {args.scale} "
+               + " ".join(f"--teacher {t}" for t in teachers))
+    summary = {"synthetic": True, "date": date.today().isoformat(), "seeds": args.seeds, "scale": args.scale,
+               "by_teacher": by_teacher, "claims": {t: s["claims"] for t, s in by_teacher.items()},
+               "seconds_total": time.perf_counter() - started, "command": command}
     write_outputs(summary, args.out)
     print((args.out / "results.md").read_text())
 
