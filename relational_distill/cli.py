@@ -318,6 +318,40 @@ def render(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt
 
 @app.command()
 @user_errors
+def query(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled checkpoint.pt (its features at every point)."),
+          text: list[str] = typer.Option([], "--text", help="A query, e.g. 'a traffic cone' (repeatable)."),
+          classes: Optional[Path] = typer.Option(None, help="YAML of query name -> synonym or list of synonyms: "
+                                                            "several queries give the open-vocabulary labelling."),
+          features: Optional[Path] = typer.Option(None, help="Feature store: alone, the teacher's features at the "
+                                                             "paired points (default: the checkpoint's store)."),
+          prompts: Optional[Path] = typer.Option(None, help="Prompts YAML whose templates wrap each synonym "
+                                                            "(open_clip teachers; default configs/prompts.yaml)."),
+          dataroot: Optional[Path] = typer.Option(None, help="Dataset (default: the checkpoint's or the store's)."),
+          version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
+          dataset: Optional[str] = DATASET,
+          split: str = typer.Option("val", help="Split that an integer --sample counts in."),
+          sample: str = typer.Option("0", help="A sample token, a scene name (its first sample) or an index into "
+                                               "--split."),
+          out: Path = typer.Option(..., help="Folder for query.npz, query.json, bev.png and cam_<CAMERA>.png."),
+          min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+          device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
+    """Score every point of a sample against texts, embedded by the teacher's own text tower: per-point cosines,
+    heat maps on the bird's-eye view and the cameras, and the argmax over several queries."""
+    from .engine.query import query as run
+
+    result = run(checkpoint, texts=text, classes=classes, out=out, features=features, dataroot=dataroot,
+                 version=version, dataset=dataset, split=split, sample=sample, prompts=prompts, device=device,
+                 min_depth=min_depth, quiet=quiet)
+    label = " (synthetic)" if result["synthetic"] else ""
+    for name, q in result["queries"].items():
+        shown = "no point scored" if q["mean_score"] is None else \
+            f"mean cosine {q['mean_score']:.3f}, max {q['max_score']:.3f}, answers most at {q['points_answering_most']} points"
+        stdout.print(f"'{name}' on {result['scene']}, sample {result['sample']}{label}: {shown}")
+    stdout.print(f"scores: {result['files']['scores']}  figures: {len(result['files']['cameras']) + 1} PNGs in {out}")
+
+
+@app.command()
+@user_errors
 def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled checkpoint.pt (omit with --from-scratch)."),
              out: Path = typer.Option(..., help="Run folder: checkpoint.pt, log.jsonl, finetune.json."),
              fraction: Optional[float] = typer.Option(None, help="Share of training scenes: 0.01, 0.05, 0.1, 0.25, 1.0."),

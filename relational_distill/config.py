@@ -68,13 +68,62 @@ CHOICES: dict[str, tuple] = {"optimizer": ("adamw", "sgd"), "voxel_mode": ("cart
                              "relational_p": (1, 2)}
 
 
+MAX_YAML_BYTES = 1 << 20   # configs, prompts, query and sim-teacher files are a few KiB
+MAX_YAML_DEPTH = 32        # nesting levels
+MAX_YAML_ALIASES = 64      # alias references: an alias bomb expands exponentially when printed
+
+
+class _TooComplex(Exception):
+    pass
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML with YAML 1.2 numbers: ``1e-3`` is a float (PyYAML's YAML 1.1 rules read it as a string)."""
+    """Safe YAML with YAML 1.2 numbers: ``1e-3`` is a float (PyYAML's YAML 1.1 rules read it as a string), and with
+    bounded nesting and alias references (docs/reliability.md)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _TooComplex(f"more than {MAX_YAML_ALIASES} alias references")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooComplex(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
+
+
+def read_yaml(path: Path, what: str = "YAML file") -> Any:
+    """The data of the YAML file ``path`` (safe types only); a file that cannot be read, is not UTF-8, is over
+    1 MiB, is too deeply nested, holds too many aliases or is not YAML is a one-line :class:`UserError` naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read this {what} ({err.strerror or type(err).__name__})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"{path}: over {MAX_YAML_BYTES >> 20} MiB, too large for a {what}; pass the right file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save the {what} as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, _TooComplex, RecursionError, ValueError, TypeError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: not a valid {what} ({first})") from None
 
 
 def shipped_configs() -> list[str]:
@@ -101,10 +150,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any]
     source: dict[str, str] = {}
     if path is not None:
         path = config_path(path)
-        try:
-            data = yaml.load(path.read_text(), Loader=_Loader) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = read_yaml(path, "config") or {}
         if not isinstance(data, dict):
             raise UserError(f"{path}: a config is a mapping of keys to values, e.g. 'epochs: 8'")
         source = {k: str(path) for k in data}

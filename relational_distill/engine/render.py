@@ -180,15 +180,17 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
     out = Path(out)
     files: dict = {"cameras": {}}
     with progress_bar("render", 1 + len(cameras), quiet, unit="figures") as bar:
-        files["bev"] = str(_draw_bev(out / "bev.png", points.numpy(), labels if labelled else None, point_pred,
-                                     colors, index.class_names, title, mode))
+        handles = _legend_handles(colors, index.class_names, labelled)
+        files["bev"] = str(draw_bev(out / "bev.png", points.numpy(), _panels(
+            labels if labelled else None, point_pred, colors, mode, bev_order(points.numpy())), handles, title))
         bar.advance()
         for cam in cameras:
-            image = _read_image(Path(index.dataroot) / cam["image"], cam["image_size"])
-            distance = np.linalg.norm(points[cam["point_index"], :3].numpy(), axis=1)
-            path = _draw_camera(out / f"cam_{cam['name']}.png", image, cam["uv"], distance,
-                                labels[cam["point_index"]] if labelled else None, pair_pred[cam["pairs"]], colors,
-                                index.class_names, f"{cam['name']}: {title}", mode)
+            image = read_image(Path(index.dataroot) / cam["image"], cam["image_size"])
+            order = camera_order(points[cam["point_index"], :3].numpy())
+            panels = _panels(labels[cam["point_index"]] if labelled else None, pair_pred[cam["pairs"]], colors, mode,
+                             order)
+            path = draw_camera(out / f"cam_{cam['name']}.png", image, cam["uv"], panels, handles,
+                               f"{cam['name']}: {title}")
             files["cameras"][cam["name"]] = str(path)
             bar.advance()
     files["json"] = str(out / "render.json")
@@ -206,7 +208,7 @@ def _figure_title(result: dict) -> str:
     return f"{town}{what}: {result['scene']}, sample {result['sample']}, {score}"
 
 
-def _read_image(path: Path, size: tuple[int, int]):
+def read_image(path: Path, size: tuple[int, int]):
     from PIL import Image
 
     try:
@@ -244,6 +246,16 @@ def _panels(labels: np.ndarray | None, pred: np.ndarray, colors: np.ndarray, mod
     return [("ground truth", colors[labels] / 255.0, order, False), (name, pred_rgb, order, False),
             (f"error: {wrong} of {scored} scored points wrong{share}", error_rgb,
              order[np.argsort(status[order], kind="stable")], True)]
+
+
+def bev_order(points: np.ndarray) -> np.ndarray:
+    """Drawing order of points (N, >= 3) from above: higher points on top."""
+    return np.argsort(points[:, 2], kind="stable")
+
+
+def camera_order(points: np.ndarray) -> np.ndarray:
+    """Drawing order of points (M, 3, lidar frame) in a camera: far points first."""
+    return np.argsort(-np.linalg.norm(points, axis=1), kind="stable")
 
 
 def _legend_handles(colors: np.ndarray, class_names, with_error: bool):
@@ -288,10 +300,9 @@ def _axes(fig, size: tuple[int, int], left: int, bottom: int, width: int, height
     return fig.add_axes((left / size[0], bottom / size[1], width / size[0], height / size[1]))
 
 
-def _draw_bev(path: Path, points: np.ndarray, labels: np.ndarray | None, pred: np.ndarray, colors: np.ndarray,
-              class_names, title: str, mode: str) -> Path:
-    """Points (N, >= 3, metres, lidar frame) from above, one square panel per view, higher points on top."""
-    panels = _panels(labels, pred, colors, mode, np.argsort(points[:, 2], kind="stable"))
+def draw_bev(path: Path, points: np.ndarray, panels: list, handles: list, title: str) -> Path:
+    """Points (N, >= 3, metres, lidar frame) from above, one square panel per (title, (N, 3) RGB, draw order,
+    is error) of ``panels``, with the legend ``handles``."""
     size = bev_size(len(panels))
     fig = _figure(size)
     xy = points[:, :2]
@@ -310,20 +321,19 @@ def _draw_bev(path: Path, points: np.ndarray, labels: np.ndarray | None, pred: n
             ax.tick_params(labelleft=False)
         else:
             ax.set_ylabel("y (m)")
-    fig.legend(handles=_legend_handles(colors, class_names, labels is not None), loc="center left", fontsize=7,
-               frameon=False, labelspacing=0.35,
-               bbox_to_anchor=(1 - (BEV_LEGEND_PX - 10) / size[0], (BEV_BOTTOM_PX + BEV_PANEL_PX / 2) / size[1]))
+    if handles:
+        fig.legend(handles=handles, loc="center left", fontsize=7,
+                   frameon=False, labelspacing=0.35,
+                   bbox_to_anchor=(1 - (BEV_LEGEND_PX - 10) / size[0], (BEV_BOTTOM_PX + BEV_PANEL_PX / 2) / size[1]))
     fig.suptitle(title, fontsize=9, y=1 - 6 / size[1], va="top")
     return save_figure(fig, path, dpi=DPI)
 
 
-def _draw_camera(path: Path, image, uv: np.ndarray, distance: np.ndarray, labels: np.ndarray | None,
-                 pred: np.ndarray, colors: np.ndarray, class_names, title: str, mode: str) -> Path:
-    """The camera image (W x H) with its paired points at ``uv`` (M, 2, pixels, centres on integers), far points
-    first (``distance`` (M,) metres from the lidar), once per panel; the error panel dims the image."""
+def draw_camera(path: Path, image, uv: np.ndarray, panels: list, handles: list, title: str) -> Path:
+    """The camera image (W x H) with its paired points at ``uv`` (M, 2, pixels, centres on integers), once per
+    (title, (M, 3) RGB, draw order, is error) of ``panels``; the error panel dims the image."""
     from PIL import Image
 
-    panels = _panels(labels, pred, colors, mode, np.argsort(-distance, kind="stable"))
     size = camera_size(image.size, len(panels))
     height = _panel_height(image.size)
     shown = np.asarray(image.resize((CAMERA_PANEL_PX, height), Image.BILINEAR))
@@ -339,9 +349,9 @@ def _draw_camera(path: Path, image, uv: np.ndarray, distance: np.ndarray, labels
         ax.set(xlim=(-0.5, width_px - 0.5), ylim=(height_px - 0.5, -0.5))
         ax.set_axis_off()
         ax.set_title(name, fontsize=9)
-    handles = _legend_handles(colors, class_names, labels is not None)
-    fig.legend(handles=handles, loc="center", ncol=math.ceil(len(handles) / 2), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, LEGEND_PX / 2 / size[1]), columnspacing=1.2, handlelength=1.2)
+    if handles:
+        fig.legend(handles=handles, loc="center", ncol=math.ceil(len(handles) / 2), fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, LEGEND_PX / 2 / size[1]), columnspacing=1.2, handlelength=1.2)
     fig.suptitle(title, fontsize=9, y=1 - 4 / size[1], va="top")
     return save_figure(fig, path, dpi=DPI)
 

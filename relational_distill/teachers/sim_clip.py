@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..classes import CLASS_NAMES
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, read_yaml
 from ..data.nuscenes import camera_list
 from ..data.town import SIDECAR_DIR
 from ..errors import UserError
@@ -75,11 +74,11 @@ class SimClipConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> "SimClipConfig":
+        data = read_yaml(path, "sim-clip configuration")
         try:
-            data = yaml.safe_load(Path(path).read_text())
             groups = tuple((g, tuple(members)) for g, members in data.pop("groups", {}).items())
             return cls(**data, groups=groups)
-        except (OSError, TypeError, AttributeError, yaml.YAMLError) as err:
+        except (TypeError, AttributeError, ValueError) as err:
             raise UserError(f"{path}: not a valid sim-clip configuration ({str(err)[:200]}); compare it with "
                             f"configs/sim_clip.yaml") from None
 
