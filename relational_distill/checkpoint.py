@@ -32,6 +32,8 @@ from .io import atomic_torch_save
 FORMAT = 3  # 1: rdistill 0.1 (pickled numpy RNG state, readable only with weights_only=False); 2: meta without
             # dataset and class_names (nuScenes only)
 KINDS = ("distill", "finetune", "linear_probe")
+TRAINING_KEYS = {"optimizer", "scheduler", "scaler", "rng"}
+MAX_COUNT = 10 ** 9  # epochs and steps: more is a corrupt file (and a resume that would loop for ever)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,10 @@ def load_checkpoint(path: Path, kinds: tuple[str, ...] = KINDS) -> Checkpoint:
         raise UserError(f"{path}: refused: it holds Python objects other than tensors and plain values (random "
                         f"bytes, a pickle with code, or a checkpoint of an older rdistill); nothing in it was run. "
                         f"Pass a checkpoint.pt written by this rdistill") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]}); it may be truncated; "
-                        f"pass a complete checkpoint.pt") from None
+    except Exception as err:  # noqa: BLE001  torch's unpickler fails in many ways on a damaged file; none is a bug
+        detail = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"{path}: unreadable checkpoint ({detail}); it may be truncated or corrupt; pass a complete "
+                        f"checkpoint.pt") from None
     if not isinstance(data, dict) or "format" not in data:
         raise UserError(f"{path}: not an rdistill checkpoint (no format version); pass a checkpoint.pt written by "
                         f"'rdistill distill' or 'finetune'")
@@ -122,7 +125,20 @@ def load_checkpoint(path: Path, kinds: tuple[str, ...] = KINDS) -> Checkpoint:
     meta = CheckpointMeta.from_dict(data["meta"], path)
     if meta.kind not in kinds:
         raise UserError(f"{path}: a '{meta.kind}' checkpoint; this command needs one of: {', '.join(kinds)}")
-    return Checkpoint(meta, data["model"], int(data["epoch"]), int(data["step"]), data["training"])
+    for key in ("epoch", "step"):
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+            raise UserError(f"{path}: '{key}' is {str(value)[:40]}, not a count of 0 to {MAX_COUNT:,}; the checkpoint "
+                            f"is corrupt")
+    model = data["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        raise UserError(f"{path}: its weights are not a mapping of names to tensors; the checkpoint is corrupt")
+    training = data["training"]
+    if training is not None and (not isinstance(training, dict) or set(training) != TRAINING_KEYS):
+        raise UserError(f"{path}: its training state is not a mapping of {', '.join(sorted(TRAINING_KEYS))}; the "
+                        f"checkpoint is corrupt")
+    return Checkpoint(meta, model, data["epoch"], data["step"], training)
 
 
 def digest(obj: Any) -> str:

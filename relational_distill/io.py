@@ -11,6 +11,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); a file that is not UTF-8 text, or holds a NUL
+    byte, is a one-line :class:`UserError` naming it as ``what``."""
+    from .errors import UserError
+
+    path = Path(path)
+    raw = path.read_bytes()
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{path}: a NUL byte at {nul}; the {what} is not text (corrupt?)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); the {what} is corrupt") from None
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(file)`` on a temporary file and move it to ``path`` only once it is complete."""
     path = Path(path)

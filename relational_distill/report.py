@@ -34,6 +34,13 @@ def write_result(path: Path, result: dict) -> Path:
     return Path(path)
 
 
+EVAL_KEYS = ("val_zero_shot_miou", "uniformity", "tolerance", "modality_gap")  # what an --eval-every row holds
+
+
+def _is_number(value, integer: bool = False) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
     """The rows of a run's log.jsonl that describe its current state: (training steps with a loss, evaluations
     written by distill --eval-every), each in step order.
@@ -42,17 +49,18 @@ def read_log(path: Path) -> tuple[list[dict], list[dict]]:
     event (a run started again after a kill before its first checkpoint) drops every row before it; a ``resume``
     event at step s drops the rows after step s (steps the killed run did after its last checkpoint, and their
     evaluations), which the resumed run writes again; of two rows of one kind at the same step the last counts. A
-    line cut short by a kill and lines without a step are skipped."""
+    line cut short by a kill, lines that are not UTF-8 or too deeply nested, lines without an integer step and rows
+    whose values are not numbers are skipped."""
     import json
 
     steps: dict[int, dict] = {}
     evals: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if not isinstance(row, dict):
+        if not isinstance(row, dict) or (row.get("event") != "start" and not _is_number(row.get("step"), integer=True)):
             continue
         if row.get("event") == "start":
             steps.clear()
@@ -61,9 +69,9 @@ def read_log(path: Path) -> tuple[list[dict], list[dict]]:
             for rows in (steps, evals):
                 for s in [s for s in rows if s > row["step"]]:
                     del rows[s]
-        elif "step" in row and "loss" in row:
+        elif "loss" in row and _is_number(row["loss"]):
             steps[row["step"]] = row
-        elif "step" in row and "val_zero_shot_miou" in row:
+        elif "val_zero_shot_miou" in row and all(_is_number(row.get(k)) for k in EVAL_KEYS):
             evals[row["step"]] = row
     return [steps[s] for s in sorted(steps)], [evals[s] for s in sorted(evals)]
 

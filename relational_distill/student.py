@@ -15,20 +15,38 @@ from .errors import UserError
 from .models.sparse_unet import Student, VoxelConfig
 
 
-def build_student(meta: CheckpointMeta) -> Student:
+def voxel_config(meta: CheckpointMeta, checkpoint: Path) -> VoxelConfig:
+    """The voxelisation a checkpoint's ``meta`` records, checked."""
+    try:
+        return VoxelConfig(**meta.voxel)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{checkpoint}: its voxel settings {str(meta.voxel)[:120]} are not valid ({err}); the "
+                        f"checkpoint is corrupt") from None
+
+
+def build_student(meta: CheckpointMeta, checkpoint: Path = Path("checkpoint.pt")) -> Student:
     """The student a checkpoint's ``meta`` describes (weights not loaded)."""
-    return Student(meta.out_dim, meta.preset, VoxelConfig(**meta.voxel))
+    try:
+        return Student(meta.out_dim, meta.preset, voxel_config(meta, checkpoint))
+    except (KeyError, ValueError, RuntimeError) as err:  # an unknown preset, an impossible width
+        raise UserError(f"{checkpoint}: the student its meta describes cannot be built ({err}); the checkpoint is "
+                        f"corrupt") from None
+
+
+def load_weights(module: torch.nn.Module, weights: dict, checkpoint: Path) -> None:
+    """``module.load_state_dict(weights)``; weights that do not fit are a one-line :class:`UserError`."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        raise UserError(f"{checkpoint}: its weights do not fit the student its meta describes "
+                        f"({(str(err).splitlines() or [''])[0][:160]}); the checkpoint is corrupt") from None
 
 
 def load_student(checkpoint: Path, device: str) -> tuple[Student, CheckpointMeta]:
     """(model in eval mode on ``device``, the checkpoint's meta)."""
     state = load_checkpoint(checkpoint)
-    try:
-        model = build_student(state.meta)
-        model.load_state_dict(state.model)
-    except (RuntimeError, TypeError, KeyError) as err:
-        raise UserError(f"{checkpoint}: its weights do not fit the student its meta describes "
-                        f"({str(err).splitlines()[0]}); the checkpoint is corrupt") from None
+    model = build_student(state.meta, checkpoint)
+    load_weights(model, state.model, checkpoint)
     return model.to(device).eval(), state.meta
 
 

@@ -49,7 +49,7 @@ def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, 
     out["pair_point"] = torch.from_numpy(point_idx)
     if superpixels is not None:
         segment = np.empty(len(point_idx), np.int64)
-        maps = superpixels.read(sample["token"])
+        maps = superpixels.read(sample["token"], [c["image_size"] for c in cams])
         for c, seg in enumerate(maps):
             sel = cam_idx == c
             u = np.clip(np.round(uv[sel, 0]).astype(np.int64), 0, seg.shape[1] - 1)

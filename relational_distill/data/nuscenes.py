@@ -58,14 +58,38 @@ def load_devkit(dataroot: Path, version: str):
 
     try:
         return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
-    except json.JSONDecodeError as err:  # the devkit does not say which table: find it
-        for table in sorted((Path(dataroot) / version).glob("*.json")):
-            try:
-                json.loads(table.read_text())
-            except json.JSONDecodeError:
-                raise UserError(f"{table}: not valid JSON (truncated?); re-download or regenerate the dataset") from None
-        raise UserError(f"{Path(dataroot) / version}: a table is not valid JSON ({err}); re-download or "
+    except FileNotFoundError as err:  # the devkit lists lidarseg/<version> when lidarseg.json is present
+        raise UserError(f"{err.filename}: missing, while {Path(dataroot) / version / 'lidarseg.json'} lists labels; "
+                        f"restore the label folder (nuScenes-lidarseg), or remove lidarseg.json to use the data "
+                        f"without labels") from None
+    except RecursionError:
+        raise UserError(f"{Path(dataroot) / version}: a table is nested too deeply to be a nuScenes table; "
+                        f"re-download or regenerate the dataset") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{Path(dataroot) / version}: a table is not UTF-8 text (byte {err.start}); re-download or "
                         f"regenerate the dataset") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, AssertionError) as err:
+        if isinstance(err, json.JSONDecodeError):
+            _raise_broken_table(dataroot, version, err)
+        raise _inconsistent_tables(dataroot, version, err) from None
+
+
+def _inconsistent_tables(dataroot: Path, version: str, err: Exception) -> UserError:
+    detail = (str(err).splitlines() or [""])[0][:160]
+    return UserError(f"{Path(dataroot) / version}: the tables do not fit together ({type(err).__name__}: {detail}: a "
+                     f"dangling token, a missing key or a value of the wrong type); re-download or regenerate the "
+                     f"dataset")
+
+
+def _raise_broken_table(dataroot: Path, version: str, err: json.JSONDecodeError):
+    """The devkit does not say which table is not JSON: find it, and name it."""
+    for table in sorted((Path(dataroot) / version).glob("*.json")):
+        try:
+            json.loads(table.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{table}: not valid JSON (truncated?); re-download or regenerate the dataset") from None
+    raise UserError(f"{Path(dataroot) / version}: a table is not valid JSON ({err}); re-download or "
+                    f"regenerate the dataset") from None
 
 
 def lidar_to_camera(nusc, lidar_sample_data_token: str, camera_sample_data_token: str) -> np.ndarray:
@@ -160,8 +184,16 @@ class DatasetIndex:
 
 
 def build_index(dataroot: Path, version: str) -> DatasetIndex:
-    """Walk every keyframe with the devkit and collect what training and evaluation need."""
+    """Walk every keyframe with the devkit and collect what training and evaluation need; tables that do not fit
+    together (a dangling token, a missing key, a value of the wrong type) are a one-line :class:`UserError`."""
     nusc = load_devkit(dataroot, version)
+    try:
+        return _walk(nusc, dataroot, version)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, AssertionError, np.linalg.LinAlgError) as err:
+        raise _inconsistent_tables(dataroot, version, err) from None
+
+
+def _walk(nusc, dataroot: Path, version: str) -> DatasetIndex:
     from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
 
     splits = scene_splits(dataroot, version)
@@ -207,6 +239,8 @@ def _fingerprint(dataroot: Path, version: str) -> str:
         if p.exists():
             st = p.stat()
             h.update(f"{table}:{st.st_size}:{st.st_mtime_ns}".encode())
+    labels = Path(dataroot) / "lidarseg" / version  # a copy without its label folder is another dataset
+    h.update(f"lidarseg-folder:{labels.is_dir() and labels.stat().st_mtime_ns}".encode())
     split_file = Path(dataroot) / SPLITS_FILE
     if split_file.exists():
         h.update(split_file.read_bytes())
@@ -236,6 +270,9 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
     return index
 
 
+MAX_COORDINATE_M = 1000.0  # a lidar point farther than this along an axis is a corrupt file (nuScenes: < 100 m)
+
+
 def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
     """(N, columns) float32 rows of a headerless binary point file (a ``.pcd.bin`` or a velodyne ``.bin``); a
     missing, empty or truncated file is a one-line :class:`UserError` calling it ``what``."""
@@ -246,7 +283,13 @@ def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
     if raw.size == 0 or raw.size % columns:
         raise UserError(f"{path}: truncated or corrupt {what} ({path.stat().st_size} bytes, not a multiple of "
                         f"{4 * columns}); re-download or regenerate it")
-    return raw.reshape(-1, columns)
+    rows = raw.reshape(-1, columns)
+    bad = ~np.isfinite(rows).all(1) | (np.abs(rows[:, :3]) > MAX_COORDINATE_M).any(1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(f"{path}: point {row} is {rows[row].tolist()} (a NaN, infinite or over {MAX_COORDINATE_M:g} m "
+                        f"coordinate); the {what} is corrupt, re-download or regenerate it")
+    return rows
 
 
 def read_lidar(dataroot: str | Path, relpath: str) -> np.ndarray:
@@ -263,6 +306,9 @@ def read_labels(dataroot: str | Path, relpath: str, num_points: int, fine_to_coa
         raise UserError(f"{path}: lidarseg label file missing; install nuScenes-lidarseg") from None
     if len(fine) != num_points:
         raise UserError(f"{path}: {len(fine)} labels for {num_points} lidar points; the label file is corrupt")
+    if len(fine) and int(fine.max()) >= len(fine_to_coarse):
+        raise UserError(f"{path}: label {int(fine.max())} at point {int(np.argmax(fine >= len(fine_to_coarse)))}, "
+                        f"but nuScenes-lidarseg has {len(fine_to_coarse)} categories; the label file is corrupt")
     return np.asarray(fine_to_coarse, dtype=np.int64)[fine]
 
 

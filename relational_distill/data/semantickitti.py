@@ -18,6 +18,8 @@ import numpy as np
 import yaml
 
 from ..errors import UserError
+from ..io import read_text
+from .images import image_size
 from .nuscenes import DatasetIndex, read_float32_rows
 
 LEARNING_MAP_FILE = Path(__file__).with_name("semantic_kitti.yaml")
@@ -87,13 +89,16 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: missing; every sequence needs its calib.txt (P0-P3, Tr: KITTI odometry "
                         f"'calibration files', or 'rdistill make-sim --format semantickitti')")
     calib = {}
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "calibration file").splitlines():
         key, _, values = line.partition(":")
         if key.strip() in CALIB_KEYS:
             try:
                 calib[key.strip()] = np.array([float(v) for v in values.split()], np.float64).reshape(3, 4)
             except ValueError:
                 raise UserError(f"{path}: line '{key.strip()}' is not 12 numbers; the calibration file is corrupt") from None
+            if not np.isfinite(calib[key.strip()]).all():
+                raise UserError(f"{path}: line '{key.strip()}' holds a NaN or infinite number; the calibration file "
+                                f"is corrupt")
     missing = [k for k in CALIB_KEYS if k not in calib]
     if missing:
         raise UserError(f"{path}: no {', '.join(missing)} line; a calib.txt needs P0, P1, P2, P3 and Tr")
@@ -101,11 +106,15 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
     return calib
 
 
-def camera_record(calib: dict[str, np.ndarray], image: str, image_size: tuple[int, int]) -> dict:
+def camera_record(calib: dict[str, np.ndarray], image: str, image_size: tuple[int, int], path: Path) -> dict:
     """The camera entry of a sample in the nuScenes index's form: intrinsic K = P2[:, :3] and
-    lidar_to_camera = [K^-1 P2; 0 0 0 1] . Tr, so that K . lidar_to_camera = P2 . Tr exactly."""
+    lidar_to_camera = [K^-1 P2; 0 0 0 1] . Tr, so that K . lidar_to_camera = P2 . Tr exactly (``path``: the
+    calib.txt, named when P2's K cannot be inverted)."""
     p2 = calib["P2"]
     k = p2[:, :3]
+    if not np.isfinite(np.linalg.cond(k)) or np.linalg.cond(k) > 1e12:
+        raise UserError(f"{path}: P2's intrinsic part is singular (no camera projects like that); the calibration "
+                        f"file is corrupt")
     to_camera = np.vstack([np.linalg.solve(k, p2), [0.0, 0.0, 0.0, 1.0]]) @ calib["Tr"]
     return {"image": image, "image_size": list(image_size), "intrinsic": k.tolist(),
             "lidar_to_camera": to_camera.tolist()}
@@ -114,11 +123,18 @@ def camera_record(calib: dict[str, np.ndarray], image: str, image_size: tuple[in
 def _read_poses(path: Path, count: int) -> list[list[float]] | None:
     if not path.exists():
         return None
-    rows = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    rows = [ln.split() for ln in read_text(path, "poses file").splitlines() if ln.strip()]
     if len(rows) != count or any(len(r) != 12 for r in rows):
         raise UserError(f"{path}: {len(rows)} poses for {count} scans (12 numbers per line expected); "
                         f"the poses file does not belong to this sequence")
-    return [[float(v) for v in r] for r in rows]
+    try:
+        poses = np.array([[float(v) for v in r] for r in rows], np.float64)
+    except ValueError as err:
+        raise UserError(f"{path}: {str(err).splitlines()[0]}; a pose line is 12 numbers (the poses file is "
+                        f"corrupt)") from None
+    if not np.isfinite(poses).all():
+        raise UserError(f"{path}: a pose holds a NaN or infinite number; the poses file is corrupt")
+    return poses.tolist()
 
 
 def build_index(dataroot: Path) -> "SemanticKittiIndex":
@@ -162,10 +178,7 @@ def _sequence_samples(root: Path, number: int, split: str) -> list[dict]:
     camera = None
     images = sorted((folder / CAMERA).glob("*.png")) if (folder / CAMERA).is_dir() else []
     if images:  # every image of a KITTI sequence has the same size
-        from PIL import Image
-
-        with Image.open(images[0]) as im:
-            camera = camera_record(calib, "", im.size)
+        camera = camera_record(calib, "", image_size(images[0]), folder / "calib.txt")
     samples = []
     for i, frame in enumerate(scans):
         cameras = {CAMERA: {**camera, "image": f"sequences/{seq}/{CAMERA}/{frame}.png"}} if camera else {}

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .images import read_rgb
 from ..io import atomic_write, atomic_write_json
 from .nuscenes import camera_list
 
@@ -28,13 +30,9 @@ COMPACTNESS = 10.0  # SLidR's SLIC setting
 
 def slic_superpixels(image_path: Path, segments: int, compactness: float = COMPACTNESS) -> np.ndarray:
     """(H, W) uint16 SLIC superpixel ids of an image (SLidR uses 150 segments per nuScenes image)."""
-    from PIL import Image
     from skimage.segmentation import slic
 
-    try:
-        image = np.asarray(Image.open(image_path).convert("RGB"))
-    except OSError as err:
-        raise UserError(f"{image_path}: unreadable image ({err}); re-download or regenerate it") from None
+    image = np.asarray(read_rgb(image_path))
     return slic(image, n_segments=segments, compactness=compactness, start_label=0).astype(np.uint16)
 
 
@@ -112,11 +110,15 @@ class SuperpixelStore:
         return self.root / f"{token}.npz"
 
     def _load(self, token: str) -> list[np.ndarray] | None:
+        """The sample's maps: one 2-D uint16 map per camera of the manifest, or None (missing, truncated, other)."""
         try:
-            with np.load(self.path(token)) as data:
-                return [data[f"cam{c}"] for c in range(len(data.files))]
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            with np.load(self.path(token), allow_pickle=False) as data:
+                if sorted(data.files) != sorted(f"cam{c}" for c in range(len(self.manifest.cameras))):
+                    return None
+                maps = [data[f"cam{c}"] for c in range(len(data.files))]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
             return None
+        return maps if all(m.ndim == 2 and m.dtype == np.uint16 and m.size for m in maps) else None
 
     def is_valid(self, token: str, image_sizes: list[tuple[int, int]]) -> bool:
         """True if the sample's maps exist, are complete and have the cameras' (width, height) sizes."""
@@ -126,11 +128,14 @@ class SuperpixelStore:
     def write(self, token: str, maps: list[np.ndarray]) -> None:
         atomic_write(self.path(token), lambda f: np.savez_compressed(f, **{f"cam{c}": m for c, m in enumerate(maps)}))
 
-    def read(self, token: str) -> list[np.ndarray]:
-        """(H, W) superpixel ids per camera of one sample, in camera order."""
+    def read(self, token: str, image_sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """(H, W) superpixel ids per camera of one sample, in camera order; with ``image_sizes`` ((width, height)
+        per camera), maps of other sizes are refused."""
         maps = self._load(token)
+        if maps is not None and image_sizes is not None and [m.shape[::-1] for m in maps] != [tuple(s) for s in image_sizes]:
+            maps = None
         if maps is None:
-            raise UserError(f"{self.path(token)}: missing or truncated superpixel file; run 'rdistill precompute' "
+            raise UserError(f"{self.path(token)}: missing, truncated or not this store's superpixel file; run 'rdistill precompute' "
                             f"again with --out {self.root.parent} --superpixels {self.manifest.segments} "
                             f"(it redoes only what is missing)")
         return maps

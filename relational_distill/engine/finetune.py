@@ -18,6 +18,7 @@ from ..data.town import TOWN_VERSION
 from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student, VoxelConfig
 from ..report import write_result
+from ..student import load_weights, voxel_config
 from .evaluate import evaluate
 from .runtime import init_distributed, resolve_device
 from .training import LoopConfig, train
@@ -93,12 +94,15 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     index.require_labels(train_samples, "training")
     num_classes = len(index.class_names)
     preset = source.meta.preset if source and not cfg.from_scratch else cfg.preset
-    voxel = VoxelConfig(**source.meta.voxel) if source else VoxelConfig(cfg.voxel_size)
+    if preset not in PRESETS:
+        raise UserError(f"{checkpoint}: student preset '{preset}' is none of {', '.join(PRESETS)}; the checkpoint is "
+                        f"corrupt")
+    voxel = voxel_config(source.meta, checkpoint) if source else VoxelConfig(cfg.voxel_size)
     torch.manual_seed(cfg.seed)
     model = Student(num_classes, preset, voxel)
     if not cfg.from_scratch:
         backbone = {k[len("backbone."):]: v for k, v in source.model.items() if k.startswith("backbone.")}
-        model.backbone.load_state_dict(backbone)
+        load_weights(model.backbone, backbone, checkpoint)
     if cfg.linear_probe:
         for p in model.backbone.parameters():
             p.requires_grad_(False)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..data.dataset import load_sample
 from ..data.datasets import open_index
 from ..data.fingerprint import dataset_fingerprint
+from ..data.images import read_rgb
 from ..data.projection import DEFAULT_MIN_DEPTH, sample_at_pixels
 from ..data.town import is_synthetic_town
 from ..errors import UserError
@@ -32,7 +33,7 @@ from ..student import load_student, point_outputs
 from ..teachers.queries import embed_queries, read_queries
 from ..teachers.store import FeatureStore
 from .render import (NO_PREDICTION, bev_order, camera_order, camera_pairs, draw_bev, draw_camera,
-                     find_sample, read_image)
+                     find_sample)
 from .runtime import resolve_device
 
 HEAT_MAP = "viridis"     # low score dark, high score bright
@@ -123,7 +124,7 @@ def query(checkpoint: Path | None = None, *, texts: list[str], out: Path, classe
                                     _handles(names, student is None), title))
         bar.advance()
         for cam in cameras:
-            image = read_image(Path(index.dataroot) / cam["image"], cam["image_size"])
+            image = read_rgb(Path(index.dataroot) / cam["image"], cam["image_size"])
             s = pair_scores[cam["pairs"]]
             panels = _panels(s, s.argmax(1) if len(s) else np.zeros(0, np.int64), names,
                              camera_order(points[cam["point_index"], :3].numpy()))

@@ -20,6 +20,7 @@ from ..classes import fine_category_names
 from ..data.dataset import load_sample
 from ..data.datasets import open_index
 from ..data.fingerprint import dataset_fingerprint
+from ..data.images import read_rgb
 from ..data.nuscenes import DatasetIndex, camera_list
 from ..data.projection import DEFAULT_MIN_DEPTH, pair_points, sample_at_pixels
 from ..data.semantickitti import learning_map
@@ -185,7 +186,7 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
             labels if labelled else None, point_pred, colors, mode, bev_order(points.numpy())), handles, title))
         bar.advance()
         for cam in cameras:
-            image = read_image(Path(index.dataroot) / cam["image"], cam["image_size"])
+            image = read_rgb(Path(index.dataroot) / cam["image"], cam["image_size"])
             order = camera_order(points[cam["point_index"], :3].numpy())
             panels = _panels(labels[cam["point_index"]] if labelled else None, pair_pred[cam["pairs"]], colors, mode,
                              order)
@@ -206,21 +207,6 @@ def _figure_title(result: dict) -> str:
     score = (f"sample mIoU {100 * result['miou']:.1f} %" if result["miou"] is not None
              else result.get("miou_null_reason", ""))
     return f"{town}{what}: {result['scene']}, sample {result['sample']}, {score}"
-
-
-def read_image(path: Path, size: tuple[int, int]):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except OSError as err:
-        raise UserError(f"{path}: camera image unreadable ({type(err).__name__}); re-download or regenerate the "
-                        f"dataset") from None
-    if image.size != tuple(size):
-        raise UserError(f"{path}: {image.size[0]}x{image.size[1]} pixels, the dataset's tables say "
-                        f"{size[0]}x{size[1]}; re-download or regenerate the dataset")
-    return image
 
 
 def _status(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from ..interrupt import Interrupted, check as check_interrupt, deferred as defer
 from ..io import folder_lock
 from ..progress import progress_bar
 from ..report import read_log
+from ..student import load_weights
 from ..threads import training_threads
 from .runlog import LOG, RunLog
 from .runtime import Distributed, init_distributed
@@ -230,7 +231,7 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
     total_steps = max(1, epoch_steps * cfg.epochs)
     new_lrs = [group["lr"] for group in param_groups]
     if previous:
-        model.load_state_dict(previous.model)
+        load_weights(model, previous.model, ckpt_path)
     model.to(cfg.device)  # before the optimiser state is loaded: load_state_dict puts it on the parameters' device
     optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
     use_amp = cfg.device.startswith("cuda")  # float16 autocast (spconv's fast kernels) with loss scaling
@@ -239,10 +240,15 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
     start_epoch, step = 0, 0
     if previous:
         state = previous.training
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+            raise UserError(f"{ckpt_path}: its training state does not fit this run ({type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:120]}); the checkpoint is corrupt, start again "
+                            f"with --overwrite") from None
         start_epoch, step = previous.epoch, previous.step
         if changed:  # the loaded states carry the old learning rates and weight decay: apply the new ones
             scheduler.base_lrs = list(new_lrs)

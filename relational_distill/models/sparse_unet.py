@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # spconv's import warns about deprecated torch.
 # spconv's modules make torch.fx log a notice about is_fx_tracing on first use; it is not ours to act on
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-from .voxels import scatter_mean, voxel_coordinates, voxelize
+from .voxels import VOXEL_MODES, scatter_mean, voxel_coordinates, voxelize
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,14 @@ class VoxelConfig:
     size: float = 0.1               # metres
     mode: str = "cartesian"         # or cylindrical
     angular_resolution_deg: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in VOXEL_MODES:
+            raise ValueError(f"voxel mode '{self.mode}': use {' or '.join(VOXEL_MODES)}")
+        for name in ("size", "angular_resolution_deg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
+                raise ValueError(f"voxel {name} {value!r}: a positive number of metres (degrees) below 1000")
 
 
 def point_inputs(points: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+VOXEL_MODES = ("cartesian", "cylindrical")
+
 
 def voxel_coordinates(xyz: torch.Tensor, voxel_size: float, mode: str = "cartesian",
                       angular_resolution_deg: float = 0.5) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR
+from ..data.images import read_rgb
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list
 from ..errors import UserError
 from .prompts import load_prompts
@@ -103,11 +104,7 @@ class OpenClipAdapter(_TeacherAdapter):
         images = []
         for s in samples:
             for cam in camera_list(s):
-                path = Path(self.index.dataroot) / cam["image"]
-                try:
-                    img = Image.open(path).convert("RGB").resize(tuple(image_size), resample)
-                except OSError as err:
-                    raise UserError(f"{path}: unreadable image ({err}); re-download or regenerate it") from None
+                img = read_rgb(Path(self.index.dataroot) / cam["image"]).resize(tuple(image_size), resample)
                 images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
         batch = normalise_images(torch.stack(images).to(self.device), self.clip.mean, self.clip.std)
         feats = dense_features(self.model, batch).half().cpu().numpy()

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -252,6 +254,18 @@ class SimClipTeacher:
             if not path.exists():
                 raise UserError(f"{path}: missing side-car map; the sim-clip teacher only works on a town made by "
                                 f"'rdistill make-sim' — use an openclip: teacher for other data")
-            side = np.load(path)
-            out.append(self.image_features(side["category"], side["instance"], f"{sample['scene']}|{cam['image']}"))
+            try:
+                with np.load(path, allow_pickle=False) as side:
+                    category, instance = side["category"], side["instance"]
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+                raise UserError(f"{path}: unreadable side-car map ({type(err).__name__}); regenerate the town with "
+                                f"'rdistill make-sim'") from None
+            width, height = cam["image_size"]
+            if category.shape != (height, width) or instance.shape != (height, width) \
+                    or category.dtype.kind not in "iu" or instance.dtype.kind not in "iu" \
+                    or not np.isin(category, [*range(32), SKY]).all():
+                raise UserError(f"{path}: not a side-car map of this {width}x{height} camera (shapes "
+                                f"{category.shape} {instance.shape}, or categories other than 0-31 and 255 = sky); regenerate the town "
+                                f"with 'rdistill make-sim'")
+            out.append(self.image_features(category, instance, f"{sample['scene']}|{cam['image']}"))
         return np.stack(out)

@@ -200,8 +200,11 @@ class FeatureStore:
         data, problem = self._read_verified(rel)
         if problem:
             raise self._refuse(rel, problem)
-        arr = np.load(io.BytesIO(data))
-        if arr.shape != self.expected_shape() or arr.dtype != np.float16:
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise self._refuse(rel, f"not a readable .npy file ({type(err).__name__})") from None
+        if not isinstance(arr, np.ndarray) or arr.shape != self.expected_shape() or arr.dtype != np.float16:
             raise self._refuse(rel, f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16")
         return arr
 
@@ -229,11 +232,23 @@ class FeatureStore:
         data, problem = self._read_verified(TEXT_EMBEDDINGS)
         if problem:
             raise self._refuse(TEXT_EMBEDDINGS, problem)
-        loaded = torch.load(io.BytesIO(data), weights_only=True)
+        try:
+            loaded = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as err:  # noqa: BLE001  random bytes or a pickle: refused by the unpickler, nothing run
+            raise self._refuse(TEXT_EMBEDDINGS, f"not a tensor file ({type(err).__name__})") from None
+        expected = {"classes", "embeddings", "teacher_id", "templates_hash"}
+        if not isinstance(loaded, dict) or set(loaded) != expected:
+            raise self._refuse(TEXT_EMBEDDINGS, f"not the store's text embeddings (keys {sorted(map(str, loaded))[:6]})"
+                               if isinstance(loaded, dict) else "not the store's text embeddings")
+        classes, embeddings = loaded["classes"], loaded["embeddings"]
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                and isinstance(embeddings, torch.Tensor) and embeddings.shape == (len(classes), self.manifest.dim)
+                and embeddings.is_floating_point() and torch.isfinite(embeddings).all()):
+            raise self._refuse(TEXT_EMBEDDINGS, f"not {self.manifest.dim}-d finite embeddings of its class names")
         if loaded["teacher_id"] != self.manifest.teacher_id:
-            raise UserError(f"{self.root / TEXT_EMBEDDINGS}: text embeddings of '{loaded['teacher_id']}' in a store "
-                            f"of '{self.manifest.teacher_id}'; run precompute again into a new folder")
-        return loaded["classes"], loaded["embeddings"]
+            raise UserError(f"{self.root / TEXT_EMBEDDINGS}: text embeddings of '{str(loaded['teacher_id'])[:60]}' in "
+                            f"a store of '{self.manifest.teacher_id}'; run precompute again into a new folder")
+        return classes, embeddings
 
     def discard_if_empty(self) -> None:
         """Remove what :meth:`create` and :meth:`write_text_embeddings` wrote while no sample is stored yet (and the
