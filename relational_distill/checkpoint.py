@@ -67,9 +67,9 @@ class CheckpointMeta:
             raise UserError(f"{path}: checkpoint meta has the wrong keys; pass a checkpoint written by this rdistill")
         for key, expected in types.items():
             if not isinstance(data[key], expected) or isinstance(data[key], bool):
-                raise UserError(f"{path}: checkpoint meta field '{key}' is {data[key]!r}; the checkpoint is corrupt")
+                raise UserError(f"{path}: checkpoint meta field '{key}' is {str(data[key])[:80]}; the checkpoint is corrupt")
         if data["class_names"] is not None and not all(isinstance(n, str) for n in data["class_names"]):
-            raise UserError(f"{path}: checkpoint meta field 'class_names' is {data['class_names']!r}; the checkpoint "
+            raise UserError(f"{path}: checkpoint meta field 'class_names' is {str(data['class_names'])[:80]}; the checkpoint "
                             f"is corrupt")
         if data["kind"] not in KINDS:
             raise UserError(f"{path}: checkpoint kind '{data['kind']}'; expected one of {', '.join(KINDS)}")

@@ -86,7 +86,7 @@ def _raise_broken_table(dataroot: Path, version: str, err: json.JSONDecodeError)
     for table in sorted((Path(dataroot) / version).glob("*.json")):
         try:
             json.loads(table.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise UserError(f"{table}: not valid JSON (truncated?); re-download or regenerate the dataset") from None
     raise UserError(f"{Path(dataroot) / version}: a table is not valid JSON ({err}); re-download or "
                     f"regenerate the dataset") from None
@@ -123,8 +123,8 @@ def scene_splits(dataroot: Path, version: str) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text())
         return {"train": list(data["train"]), "val": list(data["val"])}
-    except (ValueError, KeyError) as err:
-        raise UserError(f"{path}: not a valid splits file ({err}); it needs 'train' and 'val' lists") from None
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as err:
+        raise UserError(f"{path}: not a valid splits file ({type(err).__name__}: {str(err)[:120]}); it needs 'train' and 'val' lists") from None
 
 
 def eval_set_name(version: str, split: str) -> str:
@@ -261,7 +261,7 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
             if data.get("format") == INDEX_FORMAT and data.get("fingerprint") == fingerprint:
                 return DatasetIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"],
                                     data["scenes"])
-        except ValueError:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             pass  # a damaged cache is rebuilt below
     index = build_index(dataroot, version)
     from ..io import atomic_write_text

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .images import read_rgb
 from ..io import atomic_write, atomic_write_json
+from .images import read_rgb
 from .nuscenes import camera_list
 
 SUPERPIXEL_FORMAT = 1
@@ -102,8 +102,8 @@ class SuperpixelStore:
                 raise UserError(f"{path}: superpixel format {data.get('format')}, this rdistill reads "
                                 f"{SUPERPIXEL_FORMAT}; delete {path.parent} and run precompute --superpixels again")
             return SuperpixelManifest(**{**data, "cameras": tuple(data["cameras"])})
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise UserError(f"{path}: unreadable manifest ({err}); delete {path.parent} and run precompute "
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+            raise UserError(f"{path}: unreadable manifest ({type(err).__name__}: {str(err)[:120]}); delete {path.parent} and run precompute "
                             f"--superpixels again") from None
 
     def path(self, token: str) -> Path:

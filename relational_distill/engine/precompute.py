@@ -145,7 +145,7 @@ def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path
 def _read_summary(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) and data.get("complete") else None
 

@@ -107,8 +107,8 @@ class FeatureStore:
                 raise UserError(f"{path}: store format {data.get('format')!r}, this rdistill reads {STORE_FORMAT}; "
                                 f"run precompute again into a new folder")
             manifest, files = Manifest.from_json(data), dict(data.get("files", {}))
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise UserError(f"{path}: unreadable manifest ({err}); delete {root} and run precompute again") from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+            raise UserError(f"{path}: unreadable manifest ({type(err).__name__}: {str(err)[:120]}); delete {root} and run precompute again") from None
         if teacher is not None and not _same_teacher(manifest.teacher_id, teacher):
             raise UserError(f"{path}: features were made by teacher '{manifest.teacher_id}', not '{teacher}'; "
                             f"pass the matching --teacher or precompute features for '{teacher}'")
