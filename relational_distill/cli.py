@@ -253,8 +253,10 @@ def _print_evaluation(result: dict) -> None:
 @user_errors
 def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt from distill or finetune."),
              zero_shot: bool = typer.Option(False, "--zero-shot", help="Classify points by CLIP text embeddings."),
-             teacher: Optional[Path] = typer.Option(None, help="A feature store instead of a checkpoint: the teacher's "
-                                                  "own zero-shot mIoU at the lidar-paired points (the ceiling)."),
+             teacher_ceiling: bool = typer.Option(False, "--teacher-ceiling",
+                                                  help="Instead of a checkpoint: the teacher of --features STORE, its "
+                                                       "own zero-shot mIoU at the lidar-paired points (the ceiling)."),
+             teacher: Optional[Path] = typer.Option(None, hidden=True),
              dataroot: Optional[Path] = typer.Option(None, help="Evaluate on another dataset than the checkpoint's."),
              version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
              features: Optional[Path] = typer.Option(None, help="Feature store of the text embeddings (default: the "
@@ -267,14 +269,18 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
                             "submission.json, or SemanticKITTI .label); a split without labels is then allowed."),
              quiet: bool = QUIET) -> None:
     """Per-class IoU and mIoU of a checkpoint (zero-shot for a distilled one, through its head for a finetuned
-    one), or of the teacher itself with --teacher FEATURES."""
+    one), or of the teacher itself with --features STORE --teacher-ceiling."""
     from .engine.evaluate import evaluate as run, evaluate_teacher
 
-    if (checkpoint is None) == (teacher is None):
-        raise UserError("evaluate: give a checkpoint.pt, or --teacher FEATURES for the teacher's own zero-shot mIoU")
     if teacher is not None:
-        result = evaluate_teacher(teacher, dataroot, version, split, quiet)
-        path = out or Path(teacher) / f"teacher_zero_shot_{split}.json"
+        raise UserError(f"evaluate --teacher {teacher}: a feature store is --features; pass --features {teacher} "
+                        f"--teacher-ceiling")
+    if teacher_ceiling == (checkpoint is not None) or (teacher_ceiling and features is None):
+        raise UserError("evaluate: give a checkpoint.pt, or --features STORE --teacher-ceiling for the teacher's own "
+                        "zero-shot mIoU")
+    if teacher_ceiling:
+        result = evaluate_teacher(features, dataroot, version, split, quiet)
+        path = out or Path(features) / f"teacher_zero_shot_{split}.json"
     else:
         result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions,
                      features=features)

@@ -122,3 +122,18 @@ def test_toy_runs_and_contrastive_overspreads(tmp_path):
         s = summary["setups"][setup]
         assert s["contrastive"]["final_uniformity"] > s["source_uniformity"]
     assert all((tmp_path / name).exists() for name in ("toy.json", "toy_spaces.png", "toy_uniformity.png"))
+
+
+def test_teacher_ceiling_is_spelled_with_features(store_dir, tmp_path):
+    """``evaluate --features STORE --teacher-ceiling`` scores the teacher; the old ``--teacher STORE`` says how to
+    spell it now, in one line."""
+    from relational_distill.engine.evaluate import evaluate_teacher
+
+    from .test_cli_errors import _one_line_error
+
+    r = runner.invoke(app, ["evaluate", "--features", str(store_dir), "--teacher-ceiling", "-q",
+                            "--out", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "t.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True)["miou"]
+    _one_line_error(runner.invoke(app, ["evaluate", "--teacher", str(store_dir)]), "--teacher-ceiling")
+    _one_line_error(runner.invoke(app, ["evaluate", "--teacher-ceiling"]), "--features STORE")

@@ -271,7 +271,7 @@ def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, in
 
 
 def test_teacher_zero_shot_miou_against_a_brute_force_loop(store_dir, index):
-    """summary.json's teacher_zero_shot_miou (and evaluate --teacher) against a loop over every lidar-pixel pair of
+    """summary.json's teacher_zero_shot_miou (and evaluate --teacher-ceiling) against a loop over every lidar-pixel pair of
     the val split: the teacher's argmax class, counted into per-class intersections and unions by hand, with
     classes absent from prediction and ground truth left out (the nuScenes convention)."""
     from relational_distill.data.dataset import load_sample

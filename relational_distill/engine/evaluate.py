@@ -73,7 +73,7 @@ def evaluate_teacher(features: Path, dataroot: Path | None = None, version: str 
     """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (pairs at least
     ``min_depth`` metres in front of a camera)."""
     store = FeatureStore.open(features)
-    require_labels(version or store.manifest.dataset_version, "evaluate --teacher")
+    require_labels(version or store.manifest.dataset_version, "evaluate --teacher-ceiling")
     index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
     store.require_dataset(index.dataroot, dataset_fingerprint(index))
     samples = index.split(split)

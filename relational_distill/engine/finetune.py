@@ -41,7 +41,7 @@ class FinetuneConfig:
     linear_probe: bool = False     # frozen backbone, linear head only
     from_scratch: bool = False     # random initialisation (the baseline)
     preset: str = "small"          # only used from scratch; otherwise the checkpoint's
-    voxel_size: float = 0.1        # metres; only used from scratch; otherwise the checkpoint's
+    voxel_size: float = 0.2        # metres, as DistillConfig; only used from scratch; otherwise the checkpoint's
     augment: bool = True
     seed: int = 0
     workers: int = 1

@@ -143,7 +143,7 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
     ``version`` / ``dataset`` override the data the checkpoint or store records; pairs are points at least
     ``min_depth`` metres in front of a camera. The teacher labels only paired points; a point seen by two cameras
     takes the label of the first (data/nuscenes.py ``CAMERAS`` order) in the bird's-eye view, and each pair counts
-    once in its mIoU, as in ``rdistill evaluate --teacher``. Returns what render.json holds: the files, the sample,
+    once in its mIoU, as in ``rdistill evaluate --teacher-ceiling``. Returns what render.json holds: the files, the sample,
     the mode and, for a labelled sample, its mIoU by the dataset's rule, per-class IoU and confusion matrix.
     """
     device = resolve_device(device)
