@@ -89,7 +89,7 @@ def measure(cfg: SimClipConfig, index, per_class: int) -> dict:
     rng = np.random.default_rng(0)
     feats, ys = [], []
     for s in index.samples:
-        item = load_sample(index, s, store, DEFAULT_MIN_DEPTH, max_pairs=4000, rng=rng)
+        item = load_sample(index, s, store, DEFAULT_MIN_DEPTH, pairs_per_sample=4000, rng=rng)
         feats.append(item["pair_teacher"])
         ys.append(item["labels"][item["pair_point"]])
     q, y = torch.cat(feats), torch.cat(ys)

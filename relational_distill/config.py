@@ -70,7 +70,8 @@ CHOICES: dict[str, tuple] = {"optimizer": ("adamw", "sgd"), "voxel_mode": ("cart
 
 MAX_YAML_BYTES = 1 << 20   # configs, prompts, query and sim-teacher files are a few KiB
 MAX_YAML_DEPTH = 32        # nesting levels
-MAX_YAML_ALIASES = 64      # alias references: an alias bomb expands exponentially when printed
+MAX_YAML_ALIASES = 64      # alias references
+MAX_YAML_NODES = 100_000   # values once every alias is expanded: an alias bomb expands exponentially when printed
 
 
 class _TooComplex(Exception):
@@ -97,6 +98,27 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise _TooComplex(f"more than {MAX_YAML_NODES:,} values once its aliases are expanded (an alias bomb?)")
+        return node
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Values under ``node`` with every alias expanded, computed once per distinct node (linear time)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_YAML_NODES + 1  # a node that contains itself expands without end
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return sizes[id(node)]
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",

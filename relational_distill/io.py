@@ -11,6 +11,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def _npy_errors() -> tuple[type[BaseException], ...]:
+    import tokenize
+    import zipfile
+    import zlib
+
+    # numpy parses a .npy header with Python's tokenizer: a damaged header raises SyntaxError or TokenError
+    return (OSError, ValueError, EOFError, KeyError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
+
+
+NPY_ERRORS = _npy_errors()  # what np.load raises on a damaged .npy or .npz file
+
+
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path`` (a leading byte-order mark dropped); a file that is not UTF-8 text, or holds a NUL
     byte, is a one-line :class:`UserError` naming it as ``what``."""

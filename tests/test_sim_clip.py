@@ -122,7 +122,7 @@ def test_summary_statistics_on_a_tiny_town_against_brute_force(store_dir, index)
     rng = np.random.default_rng(0)
     preds, labels = [], []
     for sample in index.samples:
-        item = load_sample(index, sample, store, summary["min_depth"], max_pairs=4000, rng=rng)
+        item = load_sample(index, sample, store, summary["min_depth"], pairs_per_sample=4000, rng=rng)
         y = item["labels"][item["pair_point"]]
         keep = y > 0
         preds += [1 + int(np.argmax([float(q @ t) for t in text])) for q in item["pair_teacher"][keep]]

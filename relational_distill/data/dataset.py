@@ -22,14 +22,15 @@ class Reader(Protocol):
 
 
 def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, min_depth: float = DEFAULT_MIN_DEPTH,
-                max_pairs: int | None = None, rng: np.random.Generator | None = None,
+                pairs_per_sample: int | None = None, rng: np.random.Generator | None = None,
                 superpixels: Reader | None = None) -> dict:
     """One sample as tensors.
 
     Returns a dict with ``points`` (N, 5) float32 (x, y, z metres in the lidar frame, intensity 0-255, ring;
     SemanticKITTI: (N, 4), no ring), ``labels`` (N,) int64 evaluation classes (0 = ignore or unlabelled),
     ``pair_point`` (M,) int64 index of the paired point, and with a feature reader ``store``, ``pair_teacher``
-    (M, D) float32 L2-normalised teacher features. With ``max_pairs``, at most that many pairs, drawn with ``rng``.
+    (M, D) float32 L2-normalised teacher features. With ``pairs_per_sample``, at most that many pairs, drawn with
+    ``rng``.
     With a ``superpixels`` reader, ``pair_segment`` (M,) gives each pair's SLIC superpixel, unique within the
     sample (camera x segment).
     """
@@ -42,8 +43,8 @@ def load_sample(index: DatasetIndex, sample: dict, store: Reader | None = None, 
         return out
     cams = camera_list(sample)
     point_idx, cam_idx, uv = pair_points(points[:, :3], cams, min_depth)
-    if max_pairs is not None and len(point_idx) > max_pairs:
-        keep = np.sort((rng or np.random.default_rng()).choice(len(point_idx), max_pairs, replace=False))
+    if pairs_per_sample is not None and len(point_idx) > pairs_per_sample:
+        keep = np.sort((rng or np.random.default_rng()).choice(len(point_idx), pairs_per_sample, replace=False))
         point_idx, cam_idx, uv = point_idx[keep], cam_idx[keep], uv[keep]
     features = torch.from_numpy(store.read(sample["token"]))
     out["pair_point"] = torch.from_numpy(point_idx)
@@ -67,11 +68,12 @@ class PointCloudDataset(Dataset):
     Pair subsampling and augmentation are seeded by (seed, epoch, i), so a resumed run sees exactly the same data."""
 
     def __init__(self, index: DatasetIndex, samples: list[dict], store: Reader | None = None,
-                 max_pairs: int | None = None, augment: bool = False, seed: int = 0, min_depth: float = DEFAULT_MIN_DEPTH,
+                 pairs_per_sample: int | None = None, augment: bool = False, seed: int = 0,
+                 min_depth: float = DEFAULT_MIN_DEPTH,
                  superpixels: Reader | None = None):
         self.index, self.samples, self.store = index, samples, store
         self.superpixels = superpixels
-        self.max_pairs, self.augment, self.seed, self.min_depth = max_pairs, augment, seed, min_depth
+        self.pairs_per_sample, self.augment, self.seed, self.min_depth = pairs_per_sample, augment, seed, min_depth
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,7 +81,7 @@ class PointCloudDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         rng = np.random.default_rng([self.seed, epoch, i])
-        item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.max_pairs, rng,
+        item = load_sample(self.index, self.samples[i], self.store, self.min_depth, self.pairs_per_sample, rng,
                            self.superpixels)
         if self.augment:
             angle = rng.uniform(0, 2 * np.pi)

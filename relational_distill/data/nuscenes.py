@@ -271,6 +271,7 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
 
 
 MAX_COORDINATE_M = 1000.0  # a lidar point farther than this along an axis is a corrupt file (nuScenes: < 100 m)
+MAX_CHANNEL_VALUE = 1e6    # intensity (0-255), remission (0-1), ring index: far larger is a corrupt file
 
 
 def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
@@ -284,11 +285,12 @@ def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
         raise UserError(f"{path}: truncated or corrupt {what} ({path.stat().st_size} bytes, not a multiple of "
                         f"{4 * columns}); re-download or regenerate it")
     rows = raw.reshape(-1, columns)
-    bad = ~np.isfinite(rows).all(1) | (np.abs(rows[:, :3]) > MAX_COORDINATE_M).any(1)
+    bad = ~np.isfinite(rows).all(1) | (np.abs(rows[:, :3]) > MAX_COORDINATE_M).any(1) \
+        | (np.abs(rows[:, 3:]) > MAX_CHANNEL_VALUE).any(1)
     if bad.any():
         row = int(np.argmax(bad))
-        raise UserError(f"{path}: point {row} is {rows[row].tolist()} (a NaN, infinite or over {MAX_COORDINATE_M:g} m "
-                        f"coordinate); the {what} is corrupt, re-download or regenerate it")
+        raise UserError(f"{path}: point {row} is {rows[row].tolist()} (a NaN, infinite, over {MAX_COORDINATE_M:g} m "
+                        f"coordinate or an intensity out of range); the {what} is corrupt, re-download or regenerate it")
     return rows
 
 

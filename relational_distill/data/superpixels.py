@@ -12,15 +12,13 @@ Layout of a superpixel store (``<feature store>/superpixels-<N>/``)::
 from __future__ import annotations
 
 import json
-import zipfile
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_json
+from ..io import NPY_ERRORS, atomic_write, atomic_write_json
 from .images import read_rgb
 from .nuscenes import camera_list
 
@@ -116,7 +114,7 @@ class SuperpixelStore:
                 if sorted(data.files) != sorted(f"cam{c}" for c in range(len(self.manifest.cameras))):
                     return None
                 maps = [data[f"cam{c}"] for c in range(len(data.files))]
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        except NPY_ERRORS:
             return None
         return maps if all(m.ndim == 2 and m.dtype == np.uint16 and m.size for m in maps) else None
 

@@ -27,7 +27,7 @@ METRICS = ("uniformity", "tolerance", "gap")
 
 
 @torch.no_grad()
-def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", max_pairs_per_sample: int = 4000,
+def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", pairs_per_sample: int = 4000,
                     quiet: bool = False, seed: int = 0, features: Path | None = None, dataroot: Path | None = None,
                     version: str | None = None):
     """Student 3D features K, teacher 2D features Q of the same lidar-pixel pairs, the points' labels and the
@@ -49,7 +49,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", m
     index.require_labels(samples, f"analyzing split '{split}'")
     with progress_bar(f"features ({split})", len(samples), quiet, unit="samples") as bar:
         for sample in samples:
-            item = load_sample(index, sample, store, min_depth, max_pairs=max_pairs_per_sample, rng=rng)
+            item = load_sample(index, sample, store, min_depth, pairs_per_sample=pairs_per_sample, rng=rng)
             k = point_outputs(model, item["points"].to(device))
             ks.append(F.normalize(k[item["pair_point"].to(device)], dim=1).cpu())
             qs.append(item["pair_teacher"])

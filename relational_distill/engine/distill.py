@@ -151,7 +151,7 @@ def teacher_mean(index, samples: list[dict], store: FeatureStore, min_depth: flo
     rng = np.random.default_rng(0)
     total, count = None, 0
     for sample in samples[::stride][:max_samples]:
-        q = load_sample(index, sample, store, min_depth, max_pairs=pairs_per_sample, rng=rng)["pair_teacher"]
+        q = load_sample(index, sample, store, min_depth, pairs_per_sample=pairs_per_sample, rng=rng)["pair_teacher"]
         total = q.sum(0) if total is None else total + q.sum(0)
         count += len(q)
     return total / max(count, 1)
@@ -186,7 +186,7 @@ class ValMonitor:
         _, text = store.text_embeddings()
         self.text = text.to(device)
         rng = np.random.default_rng(seed)
-        self.items = [load_sample(index, s, store, min_depth, max_pairs=pairs_per_sample, rng=rng)
+        self.items = [load_sample(index, s, store, min_depth, pairs_per_sample=pairs_per_sample, rng=rng)
                       for s in self.samples]
         labels = torch.cat([it["labels"][it["pair_point"]] for it in self.items])
         self.pick = sample_per_class(labels, per_class, seed)

@@ -151,14 +151,14 @@ def _read_summary(path: Path) -> dict | None:
 
 
 def teacher_summary(index: DatasetIndex, store: FeatureStore, min_depth: float, per_class: int = 5000,
-                    quiet: bool = False, max_pairs_per_sample: int = 4000, seed: int = 0) -> dict:
+                    quiet: bool = False, pairs_per_sample: int = 4000, seed: int = 0) -> dict:
     """The teacher's structure on the lidar-paired pixels (pairs at least ``min_depth`` metres in front of a camera;
     Fig. 1 protocol), its 2D zero-shot accuracy there and how its errors fall (metrics/teacher_errors.py)."""
     rng = np.random.default_rng(seed)
     feats, labels = [], []
     with progress_bar("teacher summary", len(index.samples), quiet, unit="samples") as bar:
         for sample in index.samples:
-            item = load_sample(index, sample, store, min_depth, max_pairs=max_pairs_per_sample, rng=rng)
+            item = load_sample(index, sample, store, min_depth, pairs_per_sample=pairs_per_sample, rng=rng)
             feats.append(item["pair_teacher"])
             labels.append(item["labels"][item["pair_point"]])
             bar.advance()

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
-import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from ..config import CONFIG_DIR, read_yaml
 from ..data.nuscenes import camera_list
 from ..data.town import SIDECAR_DIR
 from ..errors import UserError
+from ..io import NPY_ERRORS
 
 SKY = 255
 # Simulated teachers by spec, and the configuration each is built from.
@@ -257,7 +256,7 @@ class SimClipTeacher:
             try:
                 with np.load(path, allow_pickle=False) as side:
                     category, instance = side["category"], side["instance"]
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            except NPY_ERRORS as err:
                 raise UserError(f"{path}: unreadable side-car map ({type(err).__name__}); regenerate the town with "
                                 f"'rdistill make-sim'") from None
             width, height = cam["image_size"]

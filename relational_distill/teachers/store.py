@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_json, atomic_write_text
+from ..io import NPY_ERRORS, atomic_write, atomic_write_json, atomic_write_text
 
 STORE_FORMAT = 3  # 1: rdistill 0.1; 2: activation alone, or dataset fingerprint and content hashes alone
 TEXT_EMBEDDINGS = "text_embeddings.pt"
@@ -176,8 +176,8 @@ class FeatureStore:
         if problem:
             return problem
         try:
-            arr = np.load(io.BytesIO(data), mmap_mode=None)
-        except (OSError, ValueError, EOFError):
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except NPY_ERRORS:
             return "not a readable .npy file"
         if arr.shape != self.expected_shape() or arr.dtype != np.float16:
             return f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16"
@@ -202,7 +202,7 @@ class FeatureStore:
             raise self._refuse(rel, problem)
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
+        except NPY_ERRORS as err:
             raise self._refuse(rel, f"not a readable .npy file ({type(err).__name__})") from None
         if not isinstance(arr, np.ndarray) or arr.shape != self.expected_shape() or arr.dtype != np.float16:
             raise self._refuse(rel, f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16")
