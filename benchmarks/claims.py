@@ -95,8 +95,11 @@ def numbers(c: dict) -> str:
                      for p in parts) + f" ({len(parts[0]['seeds'])} seeds)"
 
 
-def claims_markdown(spec: str, table: list[dict], summary: dict) -> str:
-    return (f"**Synthetic** claims under `{spec}` ({summary['seeds']} seeds, each its own town, {summary['date']}); "
+def claims_markdown(spec: str, table: list[dict], summary: dict, protocol: str | None = None) -> str:
+    """The claims table of one teacher; ``protocol`` overrides the comparison's own (a teacher's run kept from an
+    earlier comparison says how it was made)."""
+    protocol = protocol or f"{summary['seeds']} seeds, each its own town, {summary['date']}"
+    return (f"**Synthetic** claims under `{spec}` ({protocol}); "
             "differences are A − B with a paired bootstrap 95 % interval over seeds (mIoU as fractions, structure in "
             "its units):\n\n"
             + markdown_table(["claim", "verdict", "numbers"],
@@ -110,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     summary = json.loads(args.results.read_text())
     tables = {spec: claims(s["runs"]) for spec, s in summary["by_teacher"].items()}
-    md = "\n".join(claims_markdown(spec, table, summary) for spec, table in tables.items())
+    md = "\n".join(claims_markdown(spec, table, summary, summary["by_teacher"][spec].get("protocol"))
+                    for spec, table in tables.items())
     print(md)
     if args.out:
         atomic_write_json(args.out / "claims.json", {"claims": tables, "source": str(args.results)})

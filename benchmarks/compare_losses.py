@@ -57,12 +57,23 @@ OOD_SEED_OFFSET = 100  # the SemanticKITTI-format town of seed S is made with se
 
 
 def cached(path: Path, fn):
-    """Run ``fn`` unless ``path`` (its JSON result) exists; return the result."""
+    """Run ``fn`` unless ``path`` (its JSON result) exists; return the result. The seconds ``fn`` took are kept
+    beside it (``<path>.seconds``), so a resumed comparison still reports what each step cost."""
     if path.exists():
         return json.loads(path.read_text())
+    start = time.perf_counter()
     result = fn()
     atomic_write_json(path, result)
+    atomic_write_text(path.with_name(path.name + ".seconds"), f"{time.perf_counter() - start:.1f}\n")
     return result
+
+
+def step_seconds(path: Path) -> float | None:
+    """What the step whose result is ``path`` took when it ran (None: run before its time was kept)."""
+    try:
+        return float(path.with_name(path.name + ".seconds").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def slug(teacher: str) -> str:
@@ -112,11 +123,12 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
                   epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
     ckpt = run / "distill" / "checkpoint.pt"
     timings = {}
+    files = {"distill": "distill.json", "zero_shot": "zero_shot.json", "finetune_id": "finetune_id.json",
+             "finetune_ood": "finetune_ood.json", "linear_probe": "linear_probe.json", "analyze": "analysis.json"}
 
     def timed(name, fn):
-        start = time.perf_counter()
         out = fn()
-        timings[name] = time.perf_counter() - start
+        timings[name] = step_seconds(run / files[name])
         return out
 
     features = teacher_run(args, teacher, seed) / "features"
@@ -200,7 +212,8 @@ def summarise(rows: list[dict], upper: list[float], teachers: list[dict]) -> dic
     stage_seconds: dict[str, float] = {}
     for r in rows:
         for k, v in r["seconds"].items():
-            stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+            if v is not None:  # steps run before their time was kept (dd299da) are left out
+                stage_seconds[k] = stage_seconds.get(k, 0.0) + v
     ceiling = mean_std([t["teacher_zero_shot_miou"] for t in teachers])
     students = {v: {"zero_shot_miou": table[v]["zero_shot"][0], "zero_shot_miou_std": table[v]["zero_shot"][1],
                     "zero_shot_of_teacher": mean_std([r["zero_shot_of_teacher"] for r in rows if r["variant"] == v])[0]}
