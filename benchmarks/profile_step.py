@@ -22,6 +22,7 @@ def main() -> None:
     from relational_distill.data.dataset import load_sample
     from relational_distill.data.nuscenes import camera_list, load_index
     from relational_distill.data.projection import pair_points
+    from relational_distill.data.town import TOWN_VERSION
     from relational_distill.models.voxels import voxel_coordinates, voxelize
     from relational_distill.engine.distill import DistillConfig, anchor_head, teacher_mean
     from relational_distill.losses import make_loss
@@ -39,8 +40,8 @@ def main() -> None:
     index, store = load_index(Path(a.town), TOWN_VERSION), FeatureStore.open(Path(a.features))
     train = index.split("train")
     rng = np.random.default_rng(0)
-    print(f"| loss | load + pair + teacher at pixels (2 samples) | of which pairing | voxelise | forward | loss | "
-          f"backward | optimiser | total |\n|---|---|---|---|---|---|---|---|---|")
+    print("| loss | load + pair + teacher at pixels (2 samples) | of which pairing | voxelise | forward | loss | "
+          "backward | optimiser | total |\n|---|---|---|---|---|---|---|---|---|")
     with training_threads(cfg.workers):  # as `rdistill distill` runs the student beside its workers
         for loss_name in ("contrastive", "similarity", "relational"):
             torch.manual_seed(0)

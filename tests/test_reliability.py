@@ -23,11 +23,10 @@ from typer.testing import CliRunner
 from relational_distill.checkpoint import CheckpointMeta, load_checkpoint
 from relational_distill.cli import app, user_errors
 from relational_distill.engine import training
-from relational_distill.engine.distill import distill
 from relational_distill.engine.training import LoopConfig, TrainingDiverged, train
 from relational_distill.teachers.store import FeatureStore
 
-from .conftest import TOWN_IMAGE, tiny_distill_config
+from .conftest import TOWN_IMAGE
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

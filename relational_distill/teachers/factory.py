@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR
 from ..data.images import read_rgb
 from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list
