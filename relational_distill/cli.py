@@ -22,6 +22,12 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 VERSION = typer.Option(TOWN_VERSION, "--version", help="nuScenes table version (v1.0-trainval, v1.0-mini, v1.0-sim, ...).")
 DATASET = typer.Option(None, "--dataset", help="nuscenes or semantickitti (default: recognised from the dataroot's "
                                                "layout).")
+# options several commands share: which sample of which data (render, query), and the pairs' minimum depth
+SAMPLE_DATAROOT = typer.Option(None, "--dataroot", help="Dataset (default: the checkpoint's or the store's).")
+DATAROOT_VERSION = typer.Option(None, "--version", help="Table version of --dataroot.")
+SAMPLE_SPLIT = typer.Option("val", "--split", help="Split that an integer --sample counts in.")
+SAMPLE = typer.Option("0", "--sample", help="A sample token, a scene name (its first sample) or an index into --split.")
+MIN_DEPTH = typer.Option(1.0, "--min-depth", help="Minimum camera depth of a paired point, metres.")
 
 
 # OSErrors that are the user's environment, not a bug: a read-only, full or forbidden output folder.
@@ -109,7 +115,7 @@ def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not ex
 @user_errors
 def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI dataroot."), version: str = VERSION,
             dataset: Optional[str] = DATASET,
-            min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+            min_depth: float = MIN_DEPTH,
             out: Optional[Path] = typer.Option(None, help="Also write the counts as JSON here."),
             quiet: bool = QUIET) -> None:
     """Counts of scenes, samples, points per class and point-pixel pairs per camera."""
@@ -301,14 +307,10 @@ def render(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt
            features: Optional[Path] = typer.Option(None, help="Feature store: alone, the teacher's own zero-shot labels "
                                                               "at the paired points; with a distilled checkpoint, its "
                                                               "text embeddings (default: the checkpoint's)."),
-           dataroot: Optional[Path] = typer.Option(None, help="Dataset (default: the checkpoint's or the store's)."),
-           version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
-           dataset: Optional[str] = DATASET,
-           split: str = typer.Option("val", help="Split that an integer --sample counts in."),
-           sample: str = typer.Option("0", help="A sample token, a scene name (its first sample) or an index into "
-                                                "--split."),
+           dataroot: Optional[Path] = SAMPLE_DATAROOT, version: Optional[str] = DATAROOT_VERSION,
+           dataset: Optional[str] = DATASET, split: str = SAMPLE_SPLIT, sample: str = SAMPLE,
            out: Path = typer.Option(..., help="Folder for bev.png, cam_<CAMERA>.png and render.json."),
-           min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+           min_depth: float = MIN_DEPTH,
            device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
     """Draw one sample as PNGs: bird's-eye view and every camera with the lidar points overlaid, as ground truth,
     prediction and error, in the dataset's own class colours."""
@@ -332,14 +334,10 @@ def query(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled chec
                                                              "paired points (default: the checkpoint's store)."),
           prompts: Optional[Path] = typer.Option(None, help="Prompts YAML whose templates wrap each synonym "
                                                             "(open_clip teachers; default configs/prompts.yaml)."),
-          dataroot: Optional[Path] = typer.Option(None, help="Dataset (default: the checkpoint's or the store's)."),
-          version: Optional[str] = typer.Option(None, help="Table version of --dataroot."),
-          dataset: Optional[str] = DATASET,
-          split: str = typer.Option("val", help="Split that an integer --sample counts in."),
-          sample: str = typer.Option("0", help="A sample token, a scene name (its first sample) or an index into "
-                                               "--split."),
+          dataroot: Optional[Path] = SAMPLE_DATAROOT, version: Optional[str] = DATAROOT_VERSION,
+          dataset: Optional[str] = DATASET, split: str = SAMPLE_SPLIT, sample: str = SAMPLE,
           out: Path = typer.Option(..., help="Folder for query.npz, query.json, bev.png and cam_<CAMERA>.png."),
-          min_depth: float = typer.Option(1.0, help="Minimum camera depth of a paired point, metres."),
+          min_depth: float = MIN_DEPTH,
           device: str = typer.Option("cpu"), quiet: bool = QUIET) -> None:
     """Score every point of a sample against texts, embedded by the teacher's own text tower: per-point cosines,
     heat maps on the bird's-eye view and the cameras, and the argmax over several queries."""

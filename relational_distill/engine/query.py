@@ -21,9 +21,8 @@ import torch.nn.functional as F
 
 from ..data.dataset import load_sample
 from ..data.datasets import open_index
-from ..data.fingerprint import dataset_fingerprint
 from ..data.images import read_rgb
-from ..data.projection import DEFAULT_MIN_DEPTH, sample_at_pixels
+from ..data.projection import DEFAULT_MIN_DEPTH
 from ..data.town import is_synthetic_town
 from ..errors import UserError
 from ..io import atomic_write
@@ -33,7 +32,7 @@ from ..student import load_student, point_outputs
 from ..teachers.queries import embed_queries, read_queries
 from ..teachers.store import FeatureStore
 from .render import (NO_PREDICTION, bev_order, camera_order, camera_pairs, draw_bev, draw_camera,
-                     find_sample)
+                     find_sample, open_teacher, teacher_at_pairs)
 from .runtime import resolve_device
 
 HEAT_MAP = "viridis"     # low score dark, high score bright
@@ -59,9 +58,7 @@ def _features(checkpoint: Path | None, features: Path | None, dataroot: Path | N
         raise UserError("query: give a distilled checkpoint.pt, or --features STORE alone for the teacher's features "
                         "at the paired points")
     if checkpoint is None:
-        store = FeatureStore.open(features)
-        index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
-        store.require_dataset(index.dataroot, dataset_fingerprint(index))
+        store, index = open_teacher(features, dataroot, version)
         return index, store, "teacher", None, {"features": str(features)}
     model, meta = load_student(checkpoint, device)
     if meta.kind != "distill":
@@ -91,9 +88,7 @@ def query(checkpoint: Path | None = None, *, texts: list[str], out: Path, classe
     points = item["points"]
     cameras, point_idx, cam_idx, uv = camera_pairs(points[:, :3].numpy(), rec, min_depth)
     if student is None:
-        teacher = sample_at_pixels(torch.from_numpy(store.read(rec["token"])), torch.from_numpy(cam_idx),
-                                   torch.from_numpy(uv), [c["image_size"] for c in cameras])
-        first_pair = np.unique(point_idx, return_index=True)[1]
+        teacher, first_pair = teacher_at_pairs(store, rec, cameras, point_idx, cam_idx, uv)
         feats = torch.full((len(points), teacher.shape[1]), float("nan"))
         feats[point_idx[first_pair]] = teacher[first_pair].float()
         pair_feats = teacher

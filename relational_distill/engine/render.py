@@ -103,6 +103,24 @@ def camera_pairs(points_xyz: np.ndarray, sample: dict, min_depth: float = DEFAUL
     return per_camera, point_idx, cam_idx, uv
 
 
+def open_teacher(features: Path, dataroot: Path | None, version: str | None) -> tuple[FeatureStore, DatasetIndex]:
+    """A feature store given alone and the dataset it was made for (or ``dataroot`` / ``version``), refused in one
+    line if the store does not fit that dataset's current state."""
+    store = FeatureStore.open(features)
+    index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
+    store.require_dataset(index.dataroot, dataset_fingerprint(index))
+    return store, index
+
+
+def teacher_at_pairs(store: FeatureStore, sample: dict, cameras: list[dict], point_idx: np.ndarray,
+                     cam_idx: np.ndarray, uv: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The teacher's features (M, D) at the pairs of :func:`camera_pairs`, and the index of each paired point's
+    first pair (:data:`CAMERAS` order: what a point seen by two cameras takes)."""
+    features = sample_at_pixels(torch.from_numpy(store.read(sample["token"])), torch.from_numpy(cam_idx),
+                                torch.from_numpy(uv), [c["image_size"] for c in cameras])
+    return features, np.unique(point_idx, return_index=True)[1]
+
+
 def _predictor(checkpoint: Path | None, features: Path | None, dataroot: Path | None, version: str | None,
                dataset: str | None, device: str):
     """(index, mode, predict_points or None, store or None, text (C, D) or None, what to record): what draws
@@ -111,9 +129,7 @@ def _predictor(checkpoint: Path | None, features: Path | None, dataroot: Path | 
         raise UserError("render: give a checkpoint.pt (distilled: zero-shot; finetuned: its head), or --features "
                         "STORE alone for the teacher's own zero-shot labels")
     if checkpoint is None:  # the teacher at its paired pixels
-        store = FeatureStore.open(features)
-        index = open_index(dataroot or store.manifest.dataroot, version or store.manifest.dataset_version, "nuscenes")
-        store.require_dataset(index.dataroot, dataset_fingerprint(index))
+        store, index = open_teacher(features, dataroot, version)
         return index, "teacher zero-shot", None, store, store.text_embeddings()[1], {"features": str(features)}
     model, meta = load_student(checkpoint, device)
     if meta.kind != "distill" and features is not None:
@@ -155,11 +171,9 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
     labelled = index.has_labels(rec)
     cameras, point_idx, cam_idx, uv = camera_pairs(points[:, :3].numpy(), rec, min_depth)
     if store is not None:
-        teacher = sample_at_pixels(torch.from_numpy(store.read(rec["token"])), torch.from_numpy(cam_idx),
-                                   torch.from_numpy(uv), [c["image_size"] for c in cameras])
+        teacher, first_pair = teacher_at_pairs(store, rec, cameras, point_idx, cam_idx, uv)
         pair_pred = zero_shot_labels(teacher, text).numpy()
         point_pred = np.zeros(len(points), np.int64)
-        first_pair = np.unique(point_idx, return_index=True)[1]
         point_pred[point_idx[first_pair]] = pair_pred[first_pair]
         scored_pred, scored_label = pair_pred, labels[point_idx]
     else:
