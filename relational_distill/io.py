@@ -90,36 +90,56 @@ def _jsonable(x: Any) -> Any:
 LOCK_FILE = ".rdistill.lock"
 
 
+def is_scratch_file(path: Path) -> bool:
+    """A lock file of :func:`folder_lock` (``.rdistill.lock``, ``.rdistill-<part>.lock``) or the temporary file of
+    an :func:`atomic_write` (``.<name>.<random>.tmp``, left behind by a killed writer): not content of a folder."""
+    name = Path(path).name
+    return name.startswith(".") and (name.endswith(".tmp") or (name.startswith(".rdistill") and name.endswith(".lock")))
+
+
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, part: str | None = None, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (``what`` names it in the error) for as long as the block runs; a second
-    process that asks for it is refused in one line. The lock is the operating system's (``flock`` on
-    ``FOLDER/.rdistill.lock``, which records the holder's pid): it goes with the process that holds it, so one left
-    by a killed process is free again, with no stale-lock rule. The file is removed on release."""
+    process that asks for it is refused in one line, or with ``wait`` waits for it. ``part`` locks only that part
+    of the folder (``FOLDER/.rdistill-<part>.lock``; e.g. one shard of a feature store), so processes writing
+    different parts run side by side. The lock is the operating system's (``flock`` on the lock file, which records
+    the holder's pid): it goes with the process that holds it, so one left by a killed process is free again, with
+    no stale-lock rule. A missing folder is made; on release the lock file is removed, and the folder too when the
+    lock made it and nothing else was written there."""
     from .errors import UserError
 
-    path = Path(folder) / LOCK_FILE
-    while True:
-        handle = open(path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip()[:20] or "?"
-            handle.close()
-            raise UserError(f"{folder}: another rdistill process (pid {owner}) is writing this {what}; wait for it "
-                            f"to finish, or choose another --out folder") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break  # the file still at the path is the one locked (not one a releasing holder just removed)
-        except FileNotFoundError:
-            pass
-        handle.close()
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (LOCK_FILE if part is None else f".rdistill-{part}.lock")
     try:
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
+        while True:
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip()[:20] or "?"
+                handle.close()
+                raise UserError(f"{folder}: another rdistill process (pid {owner}) is writing this {what}; wait for "
+                                f"it to finish, or choose another --out folder") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break  # the file still at the path is the one locked (not one a releasing holder just removed)
+            except FileNotFoundError:
+                pass
+            handle.close()
+        try:
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()
     finally:
-        path.unlink(missing_ok=True)
-        handle.close()
+        if created:
+            try:
+                folder.rmdir()  # only when empty: refused, or failed before writing anything
+            except OSError:
+                pass

@@ -297,3 +297,66 @@ def test_teacher_zero_shot_miou_against_a_brute_force_loop(store_dir, index):
     summary = json.loads((store_dir / "summary.json").read_text())
     assert summary["teacher_zero_shot_miou"] == pytest.approx(want, abs=1e-12)
     assert evaluate_teacher(store_dir, quiet=True)["miou"] == pytest.approx(want, abs=1e-12)
+
+
+def test_concurrent_precomputes_lock_per_shard(town, index, tmp_path):
+    """Two precomputes of one shard into one store: the second is refused in one line naming the first's pid (exit
+    2), and the first, let go on, finishes a valid store. A lock left by a killed process does not block the next
+    run. Two different shards run side by side and finish one complete store (real processes, held mid-run with
+    SIGSTOP so the overlap is certain)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from relational_distill.io import is_scratch_file
+
+    def command(out, shard="0/1"):
+        return [sys.executable, "-c", "from relational_distill.cli import app; app()", "precompute", str(town),
+                "--out", str(out), "--teacher", "sim-clip:clean", "--image-size", "192x112", "--shard", shard, "-q"]
+
+    def started(out, shard="0/1"):
+        """A precompute stopped once it holds its shard's lock (its lock file exists)."""
+        proc = subprocess.Popen(command(out, shard), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lock = out / f".rdistill-shard-{shard.replace('/', '-of-')}.lock"
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip() == str(proc.pid)) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)
+        return proc
+
+    out = tmp_path / "features"
+    first = started(out)
+    second = runner.invoke(app, command(out)[3:])
+    lines = [line for line in second.output.splitlines() if line.strip()]
+    assert second.exit_code == 2 and len(lines) == 1, second.output
+    assert "another rdistill process" in lines[0] and str(first.pid) in lines[0] and "shard 0/1" in lines[0]
+    os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    store = FeatureStore.open(out)
+    assert all(store.is_valid(s["token"]) for s in index.samples)
+    assert not [p for p in out.iterdir() if is_scratch_file(p)]
+
+    # killed while holding the lock: its lock file stays, its lock does not
+    stale = tmp_path / "stale"
+    killed = started(stale)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert [p for p in stale.iterdir() if is_scratch_file(p)]
+    (stale / ".manifest.json.k1ll3d.tmp").write_text('{"tea')  # as a kill inside create()'s atomic write leaves
+    again = runner.invoke(app, command(stale)[3:])
+    assert again.exit_code == 0, again.output
+    assert json.loads((stale / "summary.json").read_text())["complete"]
+
+    # two shards at once: both finish, the store is complete and every file verifies
+    both = tmp_path / "sharded"
+    shard0 = started(both, "0/2")
+    shard1 = subprocess.Popen(command(both, "1/2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    os.kill(shard0.pid, signal.SIGCONT)
+    assert shard0.wait(timeout=300) == 0 and shard1.wait(timeout=300) == 0
+    store = FeatureStore.open(both)
+    assert all(store.is_valid(s["token"]) for s in index.samples)
+    final = runner.invoke(app, command(both)[3:])  # a full run verifies the store and computes nothing
+    assert final.exit_code == 0 and "computed 0 samples" in final.output

@@ -21,6 +21,7 @@ from ..data.superpixels import COMPACTNESS, SuperpixelManifest, SuperpixelStore,
 from ..data.town import TOWN_VERSION, is_synthetic_town
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt
+from ..io import folder_lock
 from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..metrics.teacher_errors import error_statistics, mean_cosine_between_classes
 from ..progress import progress_bar
@@ -76,16 +77,18 @@ def precompute(cfg: PrecomputeConfig) -> dict:
                         dataset_fingerprint=dataset_fingerprint(index), templates_hash=teacher.templates_hash,
                         cameras=CAMERAS, activation=teacher.activation)
     fresh = not (Path(cfg.out) / "manifest.json").exists()
-    store = FeatureStore.create(cfg.out, manifest)
-    try:
-        return _fill(cfg, index, teacher, store, start)
-    except BaseException as err:
-        if fresh:
-            store.discard_if_empty()
-        if isinstance(err, Interrupted):
-            err.detail = (f"{store.root} keeps every finished sample; run the same command again to finish"
-                          if (store.root / "manifest.json").exists() else f"nothing was written to {store.root}")
-        raise
+    # one process per shard: a second precompute of the same shard into this store is refused in one line
+    with folder_lock(cfg.out, f"feature store's shard {shard_i}/{shard_n}", part=f"shard-{shard_i}-of-{shard_n}"):
+        store = FeatureStore.create(cfg.out, manifest)
+        try:
+            return _fill(cfg, index, teacher, store, start)
+        except BaseException as err:
+            if fresh:
+                store.discard_if_empty()
+            if isinstance(err, Interrupted):
+                err.detail = (f"{store.root} keeps every finished sample; run the same command again to finish"
+                              if (store.root / "manifest.json").exists() else f"nothing was written to {store.root}")
+            raise
 
 
 def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureStore, start: float) -> dict:
@@ -113,15 +116,16 @@ def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureSto
     missing = [s["token"] for s in index.samples if s["token"] not in done and not store.is_valid(s["token"])]
     if missing:
         return {**result, "complete": False, "missing": len(missing), "seconds": time.perf_counter() - start}
-    changed = store.record_files([s["token"] for s in index.samples])
-    previous = _read_summary(store.root / "summary.json")
-    if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
-        return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
-    result.update(teacher_summary(index, store, cfg.min_depth, cfg.summary_per_class, cfg.quiet))
-    result.update(teacher_ceiling(index, store, cfg.min_depth, cfg.quiet))
-    result.update(complete=True, seconds=time.perf_counter() - start)
-    write_result(store.root / "summary.json", result)
-    return result
+    with folder_lock(store.root, "feature store", wait=True):  # shards finishing at once record it in turn
+        changed = store.record_files([s["token"] for s in index.samples])
+        previous = _read_summary(store.root / "summary.json")
+        if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
+            return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
+        result.update(teacher_summary(index, store, cfg.min_depth, cfg.summary_per_class, cfg.quiet))
+        result.update(teacher_ceiling(index, store, cfg.min_depth, cfg.quiet))
+        result.update(complete=True, seconds=time.perf_counter() - start)
+        write_result(store.root / "summary.json", result)
+        return result
 
 
 def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path, segments: int, version: str,

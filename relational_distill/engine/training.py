@@ -185,16 +185,8 @@ def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], wei
     same folder at the same time is refused in one line. Only the main process takes it."""
     if not init_distributed(cfg.device).main:
         return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
-    out = Path(cfg.out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with folder_lock(out, "run folder"):
-            return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
-    except UserError:
-        if created and not any(out.iterdir()):  # refused before writing anything
-            out.rmdir()
-        raise
+    with folder_lock(Path(cfg.out), "run folder"):
+        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
 
 
 def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,

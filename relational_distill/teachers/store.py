@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import NPY_ERRORS, atomic_write, atomic_write_json, atomic_write_text
+from ..io import NPY_ERRORS, atomic_write, atomic_write_json, atomic_write_text, is_scratch_file
 
 STORE_FORMAT = 3  # 1: rdistill 0.1; 2: activation alone, or dataset fingerprint and content hashes alone
 TEXT_EMBEDDINGS = "text_embeddings.pt"
@@ -85,7 +85,7 @@ class FeatureStore:
                 raise UserError(f"{path}: this store was made differently ({problem}); "
                                 f"pass a new --out folder or delete {root}")
             return existing
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and any(not is_scratch_file(p) for p in root.iterdir()):
             raise UserError(f"{root}: a folder that is not a feature store (no manifest.json); pass a new or empty "
                             f"--out folder")
         root.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ class FeatureStore:
     def bytes_on_disk(self) -> int:
         """Bytes of the store's own files (not of superpixels kept beside it)."""
         files = [*self.root.glob("*"), *(self.root / "features").glob("*")]
-        return sum(p.stat().st_size for p in files if p.is_file())
+        return sum(p.stat().st_size for p in files if p.is_file() and not is_scratch_file(p))
 
 
 def _same_teacher(stored: str, requested: str) -> bool:
