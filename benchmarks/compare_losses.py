@@ -115,13 +115,31 @@ def run_teacher(teacher: str, seed: int, args) -> dict:
     return summary
 
 
-def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> dict:
-    town, town64 = towns(args, seed)
-    run = teacher_run(args, teacher, seed) / variant
+def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> Path:
+    """Distill one student (``distill_cpu.yaml``; ``random-init``: 0 epochs) into ``run``; its checkpoint."""
     base = load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {})
     cfg = replace(base, loss="relational" if variant == "random-init" else variant, seed=seed,
                   epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
-    ckpt = run / "distill" / "checkpoint.pt"
+    cached(run / "distill.json", lambda: _drop_heavy(
+        distill(town, features, run / "distill", cfg, device=args.device, resume=True, quiet=True)))
+    return run / "distill" / "checkpoint.pt"
+
+
+def zero_shot_step(args, ckpt: Path, run: Path) -> dict:
+    return cached(run / "zero_shot.json", lambda: evaluate(ckpt, zero_shot=True, device=args.device, quiet=True))
+
+
+def finetune_id_step(args, ckpt: Path, run: Path, seed: int) -> dict:
+    """Finetune at 1 % of the town's labels (``finetune_cpu.yaml``); the result, with its val evaluation."""
+    ft = load_config(FinetuneConfig, CONFIG_DIR / "finetune_cpu.yaml", {})
+    ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale, fraction=0.01)
+    return cached(run / "finetune_id.json", lambda: _drop_heavy(
+        finetune(ckpt, run / "ft-id", ft, device=args.device, resume=True, quiet=True)))
+
+
+def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> dict:
+    town, town64 = towns(args, seed)
+    run = teacher_run(args, teacher, seed) / variant
     timings = {}
     files = {"distill": "distill.json", "zero_shot": "zero_shot.json", "finetune_id": "finetune_id.json",
              "finetune_ood": "finetune_ood.json", "linear_probe": "linear_probe.json", "analyze": "analysis.json"}
@@ -132,14 +150,11 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
         return out
 
     features = teacher_run(args, teacher, seed) / "features"
-    timed("distill", lambda: cached(run / "distill.json", lambda: _drop_heavy(
-        distill(town, features, run / "distill", cfg, device=args.device, resume=True, quiet=True))))
-    zs = timed("zero_shot", lambda: cached(run / "zero_shot.json",
-                                           lambda: evaluate(ckpt, zero_shot=True, device=args.device, quiet=True)))
+    ckpt = timed("distill", lambda: distill_step(args, town, features, run, variant, seed))
+    zs = timed("zero_shot", lambda: zero_shot_step(args, ckpt, run))
+    ft_id = timed("finetune_id", lambda: finetune_id_step(args, ckpt, run, seed))
     ft = load_config(FinetuneConfig, CONFIG_DIR / "finetune_cpu.yaml", {})
     ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale)
-    ft_id = timed("finetune_id", lambda: cached(run / "finetune_id.json", lambda: _drop_heavy(
-        finetune(ckpt, run / "ft-id", replace(ft, fraction=0.01), device=args.device, resume=True, quiet=True))))
     # 1 % of the SemanticKITTI-format town's training frames is one frame (every 100th): batches of one
     ft_ood = timed("finetune_ood", lambda: cached(run / "finetune_ood.json", lambda: _drop_heavy(
         finetune(ckpt, run / "ft-ood", replace(ft, fraction=0.01, batch_size=1), dataroot=town64, device=args.device,
