@@ -25,7 +25,7 @@ $(RUN)/town/splits.json: | install
 	$(BIN)/rdistill make-sim $(RUN)/town $(SIM_ARGS)
 
 demo: $(RUN)/town/splits.json
-	$(BIN)/rdistill inspect $(RUN)/town --out $(RUN)/inspect.json --quiet
+	$(BIN)/rdistill inspect $(RUN)/town --out $(RUN) --quiet
 	$(BIN)/rdistill precompute $(RUN)/town --teacher sim-clip --out $(RUN)/features --quiet
 	$(BIN)/rdistill distill $(RUN)/town --features $(RUN)/features --loss relational \
 		--config configs/distill_cpu.yaml --out $(RUN)/relational $(if $(wildcard $(RUN)/relational/checkpoint.pt),--resume) --quiet

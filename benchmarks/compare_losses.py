@@ -68,6 +68,11 @@ def cached(path: Path, fn):
     return result
 
 
+def started(run: Path) -> bool:
+    """Whether the training run folder ``run`` holds a checkpoint to resume (a step stopped half-way)."""
+    return (run / "checkpoint.pt").is_file()
+
+
 def step_seconds(path: Path) -> float | None:
     """What the step whose result is ``path`` took when it ran (None: run before its time was kept)."""
     try:
@@ -121,7 +126,8 @@ def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed
     cfg = replace(base, loss="relational" if variant == "random-init" else variant, seed=seed,
                   epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
     cached(run / "distill.json", lambda: _drop_heavy(
-        distill(town, features, run / "distill", cfg, device=args.device, resume=True, quiet=True)))
+        distill(town, features, run / "distill", cfg, device=args.device, resume=started(run / "distill"),
+                quiet=True)))
     return run / "distill" / "checkpoint.pt"
 
 
@@ -134,7 +140,7 @@ def finetune_id_step(args, ckpt: Path, run: Path, seed: int) -> dict:
     ft = load_config(FinetuneConfig, CONFIG_DIR / "finetune_cpu.yaml", {})
     ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale, fraction=0.01)
     return cached(run / "finetune_id.json", lambda: _drop_heavy(
-        finetune(ckpt, run / "ft-id", ft, device=args.device, resume=True, quiet=True)))
+        finetune(ckpt, run / "ft-id", ft, device=args.device, resume=started(run / "ft-id"), quiet=True)))
 
 
 def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> dict:
@@ -158,11 +164,11 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
     # 1 % of the SemanticKITTI-format town's training frames is one frame (every 100th): batches of one
     ft_ood = timed("finetune_ood", lambda: cached(run / "finetune_ood.json", lambda: _drop_heavy(
         finetune(ckpt, run / "ft-ood", replace(ft, fraction=0.01, batch_size=1), dataroot=town64, device=args.device,
-                 resume=True, quiet=True))))
+                 resume=started(run / "ft-ood"), quiet=True))))
     lp_cfg = load_config(FinetuneConfig, CONFIG_DIR / "linear_probe_cpu.yaml", {})
     lp_cfg = replace(lp_cfg, seed=seed, workers=args.workers, epochs=lp_cfg.epochs * args.scale)
     lp = timed("linear_probe", lambda: cached(run / "linear_probe.json", lambda: _drop_heavy(
-        finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=True, quiet=True))))
+        finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=started(run / "lp"), quiet=True))))
     an = timed("analyze", lambda: cached(run / "analysis.json", lambda: analyze(
         ckpt, per_class=args.per_class, out=run / "analysis", device=args.device, quiet=True, plot=seed == 0)))
     return {"variant": variant, "seed": seed, "teacher": teacher, "zero_shot": zs["miou"],
@@ -181,7 +187,8 @@ def run_upper_bound(seed: int, args) -> float:
     cfg = replace(cfg, seed=seed, workers=args.workers, epochs=cfg.epochs * args.scale)
     run = args.out / "towns" / f"seed{seed}" / "upper-bound"
     result = cached(run / "finetune.json", lambda: _drop_heavy(
-        finetune(None, run / "run", cfg, dataroot=town, device=args.device, resume=True, quiet=True)))
+        finetune(None, run / "run", cfg, dataroot=town, device=args.device, resume=started(run / "run"),
+                 quiet=True)))
     return result["evaluation"]["miou"]
 
 

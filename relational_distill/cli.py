@@ -116,7 +116,7 @@ def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not ex
 def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI dataroot."), version: str = VERSION,
             dataset: Optional[str] = DATASET,
             min_depth: float = MIN_DEPTH,
-            out: Optional[Path] = typer.Option(None, help="Also write the counts as JSON here."),
+            out: Optional[Path] = typer.Option(None, help="Also write the counts as OUT/inspect.json."),
             quiet: bool = QUIET) -> None:
     """Counts of scenes, samples, points per class and point-pixel pairs per camera."""
     from .engine.inspect import inspect_dataset
@@ -132,7 +132,7 @@ def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI
     stdout.print(f"{result['paired_points']} of {result['points']} lidar points "
                  f"({100 * result['paired_fraction']:.1f} %) are paired with at least one camera pixel")
     if out:
-        write_result(out, result)
+        write_result(_in_folder(out, "inspect.json"), result)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -217,11 +217,6 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     """Distill the teacher into the sparse 3D student with one loss (multi-GPU / multi-node: run under torchrun)."""
     from .config import load_config
     from .engine.distill import DistillConfig, distill as run
-    from .engine.training import require_resumable
-
-    if resume:
-        require_resumable(out)
-
     cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
                                               "seed": seed, "workers": workers, "eval_every": eval_every})
@@ -232,6 +227,15 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
                 ["epoch", "mean loss"], [(e["epoch"] + 1, e["mean_loss"]) for e in result["epochs"]])
     stdout.print(f"checkpoint: {result['checkpoint']}  ({result['samples_per_second']:.2f} samples/s)")
+
+
+def _in_folder(out: Path, name: str) -> Path:
+    """``OUT/name``: every command's --out is a folder (made if missing), never the file itself."""
+    out = Path(out)
+    if out.suffix.lower() in (".json", ".png", ".pt", ".npz") and not out.is_dir():
+        raise UserError(f"--out {out}: a folder, not a file (the result is written as FOLDER/{name}); pass "
+                        f"--out {out.parent}")
+    return out / name
 
 
 def _print_notes(result: dict) -> None:
@@ -268,7 +272,8 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
              features: Optional[Path] = typer.Option(None, help="Feature store of the text embeddings (default: the "
                                                                 "checkpoint's), e.g. after moving it."),
              split: str = typer.Option("val"), device: str = typer.Option("cpu"),
-             out: Optional[Path] = typer.Option(None, help="JSON result (default: beside the checkpoint or store)."),
+             out: Optional[Path] = typer.Option(None, help="Folder of the JSON result and its plots (default: the "
+                                                           "checkpoint's folder, or the store)."),
              dataset: Optional[str] = DATASET,
              save_predictions: Optional[Path] = typer.Option(
                  None, help="Also write the predictions here in the benchmark's format (nuScenes lidarseg .bin + "
@@ -285,12 +290,13 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
         raise UserError("evaluate: give a checkpoint.pt, or --features STORE --teacher-ceiling for the teacher's own "
                         "zero-shot mIoU")
     if teacher_ceiling:
+        name = f"teacher_zero_shot_{split}.json"
+        path = _in_folder(out or features, name)
         result = evaluate_teacher(features, dataroot, version, split, quiet)
-        path = out or Path(features) / f"teacher_zero_shot_{split}.json"
     else:
+        path = _in_folder(out or Path(checkpoint).parent, "zero_shot.json" if zero_shot else "evaluation.json")
         result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions,
                      features=features)
-        path = out or Path(checkpoint).parent / ("zero_shot.json" if zero_shot else "evaluation.json")
     _print_evaluation(result)
     write_result(path, result)
     stdout.print(f"result: {path}")
@@ -376,11 +382,6 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
     """Few-shot semantic segmentation from a distilled backbone; --linear-probe and --from-scratch baselines."""
     from .config import load_config
     from .engine.finetune import FinetuneConfig, finetune as run
-    from .engine.training import require_resumable
-
-    if resume:
-        require_resumable(out)
-
     cfg = load_config(FinetuneConfig, config, {"fraction": fraction, "epochs": epochs, "batch_size": batch_size,
                                                "seed": seed, "workers": workers,
                                                "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
@@ -426,7 +427,7 @@ def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt
 @app.command()
 @user_errors
 def plot(runs: list[Path] = typer.Argument(..., help="Run folders of distill or finetune (each with a log.jsonl)."),
-         out: Path = typer.Option(Path("curves.png"), help="PNG to write."),
+         out: Path = typer.Option(Path("."), help="Folder for curves.png."),
          smooth: int = typer.Option(10, help="Running mean of the loss over this many steps.")) -> None:
     """Learning curves of one or several runs in one PNG: loss, val zero-shot mIoU and U / T / G against the step
     (the last two from 'distill --eval-every')."""
@@ -435,7 +436,7 @@ def plot(runs: list[Path] = typer.Argument(..., help="Run folders of distill or 
     for run in runs:
         if not (Path(run) / "log.jsonl").exists():
             raise UserError(f"{run}: no log.jsonl; pass a run folder written by 'rdistill distill' or 'finetune'")
-    stdout.print(f"curves: {plot_runs(runs, out, smooth)}")
+    stdout.print(f"curves: {plot_runs(runs, _in_folder(out, 'curves.png'), smooth)}")
 
 
 @app.command()

@@ -106,9 +106,12 @@ def test_analyze_writes_json_and_plot(distilled, tmp_path):
 
 
 def test_cli_evaluate_and_analyze(distilled, tmp_path):
-    r = runner.invoke(app, ["evaluate", str(distilled), "--zero-shot", "-q", "--out", str(tmp_path / "zs.json")])
+    r = runner.invoke(app, ["evaluate", str(distilled), "--zero-shot", "-q", "--out", str(tmp_path / "zs")])
     assert r.exit_code == 0, r.output
-    assert "mIoU" in r.output and (tmp_path / "zs.json").exists()
+    assert "mIoU" in r.output and (tmp_path / "zs" / "zero_shot.json").exists()
+    # --out is a folder in every command: a file name is refused in one line, before any work
+    r = runner.invoke(app, ["evaluate", str(distilled), "--zero-shot", "-q", "--out", str(tmp_path / "zs.json")])
+    assert r.exit_code == 2 and "a folder, not a file" in r.output and not (tmp_path / "zs.json").exists()
     r = runner.invoke(app, ["analyze", str(distilled), "--metrics", "uniformity,gap", "--per-class", "200",
                             "--out", str(tmp_path / "a"), "-q"])
     assert r.exit_code == 0, r.output

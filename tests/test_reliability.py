@@ -24,6 +24,7 @@ from relational_distill.checkpoint import CheckpointMeta, load_checkpoint
 from relational_distill.cli import app, user_errors
 from relational_distill.engine import training
 from relational_distill.engine.training import LoopConfig, TrainingDiverged, train
+from relational_distill.errors import UserError
 from relational_distill.teachers.store import FeatureStore
 
 from .conftest import TOWN_IMAGE
@@ -164,6 +165,13 @@ def test_resume_with_nothing_to_resume(town, store_dir, tiny_config, tmp_path):
     r = runner.invoke(app, ["distill", str(town), "--features", str(store_dir), "--out", str(out),
                             "--config", str(tiny_config), "--resume", "-q"])
     one_line(r, 2, "nothing to resume")
+    assert not out.exists()
+    # the engine's resume=True means the same: continue a run, never start one silently
+    from relational_distill.config import load_config
+    from relational_distill.engine.distill import DistillConfig, distill
+
+    with pytest.raises(UserError, match="nothing to resume"):
+        distill(town, store_dir, out, load_config(DistillConfig, tiny_config, {}), resume=True, quiet=True)
     assert not out.exists()
 
 
@@ -582,8 +590,6 @@ def test_config_by_name_or_path(tmp_path):
     by_name = load_config(DistillConfig, Path("distill_cpu"), {})
     by_path = load_config(DistillConfig, ROOT / "configs" / "distill_cpu.yaml", {})
     assert by_name == by_path and CONFIG_DIR.resolve() == (ROOT / "configs").resolve()
-    from relational_distill.errors import UserError
-
     with pytest.raises(UserError, match="distill_cpu, distill_gpu"):
         load_config(DistillConfig, Path("distill_nope"), {})
 

@@ -121,22 +121,20 @@ def steps_per_epoch(samples: int, batch_size: int, world: int) -> int:
     return samples // world // (batch_size // world)
 
 
-def require_resumable(out: Path) -> None:
-    """``--resume`` needs a checkpoint in ``out`` (docs/reliability.md)."""
-    if not (Path(out) / CHECKPOINT).is_file():
-        raise UserError(f"--resume: {Path(out) / CHECKPOINT} does not exist, there is nothing to resume; "
-                        f"drop --resume to start a new run in {out}")
-
-
 def _open_run(out: Path, resume: bool, overwrite: bool, main: bool) -> Checkpoint | None:
     """The checkpoint to continue from, or None for a new run; refuses to write over a run by accident.
 
-    A folder holds a run when it has a checkpoint. A log alone (a run killed before its first checkpoint) has
-    nothing to lose: a new run appends to it after a ``start`` event."""
+    ``resume`` means one thing everywhere (the CLI's ``--resume``, the engine's ``resume=True``): continue the run
+    in ``out``, which must hold a checkpoint (docs/reliability.md). A folder holds a run when it has a checkpoint. A
+    log alone (a run killed before its first checkpoint) has nothing to lose: a new run appends to it after a
+    ``start`` event."""
     ckpt_path, log_path = out / CHECKPOINT, out / LOG
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    if ckpt_path.exists() and resume:
+    if resume and not ckpt_path.is_file():
+        raise UserError(f"--resume: {ckpt_path} does not exist, there is nothing to resume; drop --resume to start "
+                        f"a new run in {out}")
+    if resume:
         return load_checkpoint(ckpt_path)
     if ckpt_path.exists() and not overwrite:
         raise UserError(f"{out} holds a run ({CHECKPOINT}); pass --resume to continue it, --overwrite to start "
@@ -200,7 +198,7 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
     Writes ``checkpoint.pt`` (atomically, after every epoch whose weights are finite on every rank) and appends
     to ``log.jsonl`` (one line per step, one per resume); returns a result dict. ``cfg.batch_size`` is the global
     batch: each of the ``torchrun`` processes takes ``batch_size / world size`` samples a step. With
-    ``cfg.resume`` it continues from the checkpoint in ``cfg.out`` if there is one; ``meta`` is stored in the
+    ``cfg.resume`` it continues from the checkpoint in ``cfg.out`` (which must exist); ``meta`` is stored in the
     checkpoint (what evaluation needs to rebuild the model) and compared with the checkpoint's on resume.
     ``on_epoch_end(epoch, log)`` runs after each epoch's checkpoint; ``log`` is the run's :class:`RunLog` on the
     main process (None on the others), for rows of its own (``--eval-every``).
