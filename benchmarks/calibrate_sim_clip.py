@@ -22,7 +22,8 @@ import torch
 
 from relational_distill.config import CONFIG_DIR
 from relational_distill.data.dataset import load_sample
-from relational_distill.data.nuscenes import camera_list, load_index
+from relational_distill.data.index import camera_list
+from relational_distill.data.nuscenes import load_index
 from relational_distill.data.projection import DEFAULT_MIN_DEPTH
 from relational_distill.data.town import SIDECAR_DIR, TOWN_VERSION
 from relational_distill.metrics.segmentation import confusion_matrix, miou

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 def main() -> None:
     from relational_distill.config import load_config
     from relational_distill.data.dataset import load_sample
-    from relational_distill.data.nuscenes import camera_list, load_index
+    from relational_distill.data.index import camera_list
+    from relational_distill.data.nuscenes import load_index
     from relational_distill.data.projection import pair_points
     from relational_distill.data.town import TOWN_VERSION
     from relational_distill.models.voxels import voxel_coordinates, voxelize

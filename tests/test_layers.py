@@ -95,9 +95,17 @@ def test_readers_do_not_import_the_town_generator():
     assert not offences, offences
 
 
+def test_each_dataset_reader_stands_alone():
+    """nuScenes and SemanticKITTI share what is dataset-neutral through data/index.py, never through each other."""
+    graph = package_graph()
+    readers = ("relational_distill.data.nuscenes", "relational_distill.data.semantickitti")
+    assert not [(a, b) for a in readers for b in readers if b in graph[a]]
+    assert all("relational_distill.data.index" in graph[a] for a in readers)
+
+
 def test_the_checker_sees_relative_imports_and_circles():
     names = imported_modules(PACKAGE / "data" / "dataset.py")
-    assert "relational_distill.data.nuscenes" in names and "relational_distill.data.projection" in names
+    assert "relational_distill.data.index" in names and "relational_distill.data.projection" in names
     names = imported_modules(PACKAGE / "engine" / "distill.py")
     assert "relational_distill.teachers.store.FeatureStore" in names
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relational_distill.cli import app
-from relational_distill.data.nuscenes import camera_list
+from relational_distill.data.index import camera_list
 from relational_distill.engine.precompute import PrecomputeConfig, precompute
 from relational_distill.errors import UserError
 from relational_distill.teachers.store import FeatureStore

@@ -6,7 +6,8 @@ import pytest
 from pyquaternion import Quaternion
 
 from relational_distill.data.geometry import matrix_to_quaternion, quaternion_to_matrix
-from relational_distill.data.nuscenes import CAMERAS, camera_list, lidar_to_camera, read_lidar
+from relational_distill.data.index import CAMERAS, camera_list
+from relational_distill.data.nuscenes import lidar_to_camera, read_lidar
 from relational_distill.data.projection import IMAGE_MARGIN_PX, project_points
 
 
@@ -78,7 +79,7 @@ def one_camera_dataset(root, pixels: np.ndarray, depth: np.ndarray):
     (u, v, centres on integers) at ``depth`` metres: the lidar frame is the camera frame."""
     from PIL import Image
 
-    from relational_distill.data.nuscenes import DatasetIndex
+    from relational_distill.data.nuscenes import NuScenesIndex
 
     fx, cx, fy, cy = INTRINSIC[0][0], INTRINSIC[0][2], INTRINSIC[1][1], INTRINSIC[1][2]
     xyz = np.stack([(pixels[:, 0] - cx) * depth / fx, (pixels[:, 1] - cy) * depth / fy, depth], 1)
@@ -91,7 +92,7 @@ def one_camera_dataset(root, pixels: np.ndarray, depth: np.ndarray):
               "lidarseg": None,
               "cameras": {"CAM_FRONT": {"image": "front.png", "image_size": list(CAMERA_SIZE), "intrinsic": INTRINSIC,
                                         "lidar_to_camera": np.eye(4).tolist()}}}
-    return DatasetIndex(str(root), "v1.0-sim", [0] * 32, [sample], ["scene-0001"])
+    return NuScenesIndex(str(root), "v1.0-sim", [0] * 32, [sample], ["scene-0001"])
 
 
 def test_a_point_reads_the_teacher_cell_that_covers_its_pixel(tmp_path):

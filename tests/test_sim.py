@@ -7,7 +7,8 @@ import numpy as np
 from nuscenes.utils.data_classes import LidarPointCloud
 
 from relational_distill.classes import CLASS_NAMES
-from relational_distill.data.nuscenes import CAMERAS, read_labels
+from relational_distill.data.index import CAMERAS
+from relational_distill.data.nuscenes import read_labels
 from relational_distill.sim.layout import FINE
 from relational_distill.sim.writer import SimConfig, make_town
 

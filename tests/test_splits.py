@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relational_distill.cli import app
-from relational_distill.data.nuscenes import DatasetIndex, scene_splits
+from relational_distill.data.nuscenes import NuScenesIndex, scene_splits
 from relational_distill.data.splits import distill_samples, few_shot_scenes, few_shot_selection, require_labels
 from relational_distill.errors import UserError
 
@@ -96,12 +96,12 @@ def test_official_splits_per_version():
 
 def test_test_scenes_need_an_explicit_flag_to_distill():
     samples = [{"token": "a", "scene": "s1", "split": "test"}]
-    test_index = DatasetIndex("/x", "v1.0-test", [0] * 32, samples, ["s1"])
+    test_index = NuScenesIndex("/x", "v1.0-test", [0] * 32, samples, ["s1"])
     with pytest.raises(UserError, match="--use-test-scenes"):
         distill_samples(test_index)
     assert distill_samples(test_index, use_test_scenes=True) == samples
     with pytest.raises(UserError, match="only for --version v1.0-test"):
-        distill_samples(DatasetIndex("/x", "v1.0-trainval", [0] * 32, [], []), use_test_scenes=True)
+        distill_samples(NuScenesIndex("/x", "v1.0-trainval", [0] * 32, [], []), use_test_scenes=True)
     with pytest.raises(UserError, match="no labels"):
         require_labels("v1.0-test", "evaluate")
     with pytest.raises(UserError, match="or --save-predictions DIR"):

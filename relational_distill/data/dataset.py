@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .nuscenes import DatasetIndex, camera_list
+from .index import DatasetIndex, camera_list
 from .projection import DEFAULT_MIN_DEPTH, pair_points, sample_at_pixels
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .nuscenes import DatasetIndex, load_index
+from .index import DatasetIndex
+from .nuscenes import load_index
 from .semantickitti import build_index as build_semantickitti_index, is_semantickitti
 
 DATASETS = ("nuscenes", "semantickitti")

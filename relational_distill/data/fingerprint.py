@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import UserError
-from .nuscenes import DatasetIndex
+from .index import DatasetIndex
 
 
 def dataset_fingerprint(index: DatasetIndex) -> str:

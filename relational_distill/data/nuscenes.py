@@ -19,9 +19,9 @@ import numpy as np
 from ..classes import CLASS_NAMES
 from ..errors import UserError
 from .geometry import invert_transform, make_transform
+from .index import CAMERAS, DatasetIndex, read_float32_rows
 from .town import SPLITS_FILE
 
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
 # 3: the lidar sample_data token per sample (prediction files are named by it) and the scene table's order, with
 # test scenes in their own split; formats 1 and 2 (each had only one of these) are rebuilt.
 INDEX_FORMAT = 3
@@ -134,37 +134,19 @@ def eval_set_name(version: str, split: str) -> str:
 
 
 @dataclass
-class DatasetIndex:
-    """The compact index: ``samples`` is a list of plain dicts (JSON-able), see :func:`build_index`, in scene-table
-    order and by time within a scene; ``scenes`` the scene names in the order of the devkit's scene table.
-
-    Engines read points and labels only through :meth:`read_points` and :meth:`read_labels`, so the
-    SemanticKITTI index (data/semantickitti.py) can stand in for this one (docs/datasets.md).
-    """
-
-    dataroot: str
-    version: str
-    fine_to_coarse: list[int]       # 32 -> 16 class map from the devkit (0 = ignore)
-    samples: list[dict]
-    scenes: list[str]
+class NuScenesIndex(DatasetIndex):
+    """The nuScenes index (see :func:`build_index` for a sample's keys); ``fine_to_coarse`` is the devkit's 32 -> 16
+    class map."""
 
     dataset = "nuscenes"
-    class_names = CLASS_NAMES       # evaluation class i + 1 (0 = ignore)
-    notes: tuple[str, ...] = ()     # nothing to report about the folder
-
-    def split(self, name: str) -> list[dict]:
-        return [s for s in self.samples if s["split"] == name]
+    class_names = CLASS_NAMES
 
     def read_points(self, sample: dict) -> np.ndarray:
         """(N, 5) float32 points of the sample (x, y, z metres, intensity 0-255, ring)."""
         return read_lidar(self.dataroot, sample["lidar"])
 
     def label_file(self, sample: dict) -> str | None:
-        """The sample's label file, relative to the dataroot, or None without labels."""
         return sample.get("lidarseg") or None
-
-    def has_labels(self, sample: dict) -> bool:
-        return self.label_file(sample) is not None
 
     def read_labels(self, sample: dict, num_points: int) -> np.ndarray | None:
         """(N,) int64 evaluation classes 0..16 (0 = ignore), or None for a sample without lidarseg labels."""
@@ -173,7 +155,6 @@ class DatasetIndex:
         return read_labels(self.dataroot, sample["lidarseg"], num_points, self.fine_to_coarse)
 
     def require_labels(self, samples: list[dict], use: str) -> None:
-        """Raise a one-line :class:`UserError` if a sample has no labels; ``use`` says what they are for."""
         if any(not self.has_labels(s) for s in samples):
             raise UserError(f"{self.dataroot} ({self.version}): no lidarseg labels for {use}; install "
                             f"nuScenes-lidarseg for this version, or use a split that has them")
@@ -183,7 +164,7 @@ class DatasetIndex:
                 "fine_to_coarse": self.fine_to_coarse, "samples": self.samples, "scenes": self.scenes}
 
 
-def build_index(dataroot: Path, version: str) -> DatasetIndex:
+def build_index(dataroot: Path, version: str) -> NuScenesIndex:
     """Walk every keyframe with the devkit and collect what training and evaluation need; tables that do not fit
     together (a dangling token, a missing key, a value of the wrong type) are a one-line :class:`UserError`."""
     nusc = load_devkit(dataroot, version)
@@ -193,7 +174,7 @@ def build_index(dataroot: Path, version: str) -> DatasetIndex:
         raise _inconsistent_tables(dataroot, version, err) from None
 
 
-def _walk(nusc, dataroot: Path, version: str) -> DatasetIndex:
+def _walk(nusc, dataroot: Path, version: str) -> NuScenesIndex:
     from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
 
     splits = scene_splits(dataroot, version)
@@ -229,7 +210,7 @@ def _walk(nusc, dataroot: Path, version: str) -> DatasetIndex:
     scenes = [scene["name"] for scene in nusc.scene]
     position = {name: i for i, name in enumerate(scenes)}
     samples.sort(key=lambda s: (position[s["scene"]], s["timestamp"]))
-    return DatasetIndex(str(Path(dataroot).resolve()), version, fine_to_coarse, samples, scenes)
+    return NuScenesIndex(str(Path(dataroot).resolve()), version, fine_to_coarse, samples, scenes)
 
 
 def _fingerprint(dataroot: Path, version: str) -> str:
@@ -247,7 +228,7 @@ def _fingerprint(dataroot: Path, version: str) -> str:
     return h.hexdigest()
 
 
-def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> DatasetIndex:
+def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> NuScenesIndex:
     """The index of ``dataroot``, from the cache when it still matches the tables, else built and cached."""
     check_dataroot(dataroot, version)
     dataroot = Path(dataroot).resolve()
@@ -259,7 +240,7 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
         try:
             data = json.loads(path.read_text())
             if data.get("format") == INDEX_FORMAT and data.get("fingerprint") == fingerprint:
-                return DatasetIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"],
+                return NuScenesIndex(data["dataroot"], data["version"], data["fine_to_coarse"], data["samples"],
                                     data["scenes"])
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             pass  # a damaged cache is rebuilt below
@@ -268,30 +249,6 @@ def load_index(dataroot: Path, version: str, cache_dir: Path | None = None) -> D
 
     atomic_write_text(path, json.dumps({**index.to_json(), "fingerprint": fingerprint}))
     return index
-
-
-MAX_COORDINATE_M = 1000.0  # a lidar point farther than this along an axis is a corrupt file (nuScenes: < 100 m)
-MAX_CHANNEL_VALUE = 1e6    # intensity (0-255), remission (0-1), ring index: far larger is a corrupt file
-
-
-def read_float32_rows(path: Path, columns: int, what: str) -> np.ndarray:
-    """(N, columns) float32 rows of a headerless binary point file (a ``.pcd.bin`` or a velodyne ``.bin``); a
-    missing, empty or truncated file is a one-line :class:`UserError` calling it ``what``."""
-    try:
-        raw = np.fromfile(path, dtype=np.float32)
-    except FileNotFoundError:
-        raise UserError(f"{path}: {what} missing; re-download or regenerate the dataset") from None
-    if raw.size == 0 or raw.size % columns:
-        raise UserError(f"{path}: truncated or corrupt {what} ({path.stat().st_size} bytes, not a multiple of "
-                        f"{4 * columns}); re-download or regenerate it")
-    rows = raw.reshape(-1, columns)
-    bad = ~np.isfinite(rows).all(1) | (np.abs(rows[:, :3]) > MAX_COORDINATE_M).any(1) \
-        | (np.abs(rows[:, 3:]) > MAX_CHANNEL_VALUE).any(1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise UserError(f"{path}: point {row} is {rows[row].tolist()} (a NaN, infinite, over {MAX_COORDINATE_M:g} m "
-                        f"coordinate or an intensity out of range); the {what} is corrupt, re-download or regenerate it")
-    return rows
 
 
 def read_lidar(dataroot: str | Path, relpath: str) -> np.ndarray:
@@ -312,12 +269,3 @@ def read_labels(dataroot: str | Path, relpath: str, num_points: int, fine_to_coa
         raise UserError(f"{path}: label {int(fine.max())} at point {int(np.argmax(fine >= len(fine_to_coarse)))}, "
                         f"but nuScenes-lidarseg has {len(fine_to_coarse)} categories; the label file is corrupt")
     return np.asarray(fine_to_coarse, dtype=np.int64)[fine]
-
-
-def camera_list(sample: dict) -> list[dict]:
-    """The sample's cameras as arrays, in :data:`CAMERAS` order, then any other camera (SemanticKITTI's
-    ``image_2``); what :func:`pair_points` takes."""
-    names = [n for n in CAMERAS if n in sample["cameras"]] + [n for n in sample["cameras"] if n not in CAMERAS]
-    return [{"name": name, "lidar_to_camera": np.asarray(c["lidar_to_camera"]), "intrinsic": np.asarray(c["intrinsic"]),
-             "image_size": tuple(c["image_size"]), "image": c["image"]}
-            for name, c in ((n, sample["cameras"][n]) for n in names)]

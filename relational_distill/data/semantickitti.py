@@ -20,7 +20,7 @@ import yaml
 from ..errors import UserError
 from ..io import read_text
 from .images import image_size
-from .nuscenes import DatasetIndex, read_float32_rows
+from .index import DatasetIndex, read_float32_rows
 
 LEARNING_MAP_FILE = Path(__file__).with_name("semantic_kitti.yaml")
 LEARNING_MAP_FORMAT = 2  # 2: the official color_map

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..errors import UserError
-from .nuscenes import DatasetIndex
+from .index import DatasetIndex
 
 UNLABELLED_VERSIONS = ("v1.0-test",)  # nuScenes' held-out test scenes: no lidarseg labels are published
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import CheckpointMeta
-from ..data.nuscenes import DatasetIndex, eval_set_name
+from ..data.index import DatasetIndex
+from ..data.nuscenes import eval_set_name
 from ..data.semantickitti import learning_map
 from ..io import atomic_write_json
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from ..io import NPY_ERRORS, atomic_write, atomic_write_json
 from .images import read_rgb
-from .nuscenes import camera_list
+from .index import camera_list
 
 SUPERPIXEL_FORMAT = 1
 COMPACTNESS = 10.0  # SLidR's SLIC setting

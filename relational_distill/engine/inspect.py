@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datasets import open_index
-from ..data.nuscenes import camera_list
+from ..data.index import camera_list
 from ..data.projection import pair_points
 from ..progress import progress_bar
 

@@ -15,7 +15,8 @@ import torch
 from ..classes import CLASS_NAMES
 from ..data.dataset import load_sample
 from ..data.fingerprint import dataset_fingerprint
-from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list, load_index
+from ..data.index import CAMERAS, DatasetIndex, camera_list
+from ..data.nuscenes import load_index
 from ..data.projection import DEFAULT_MIN_DEPTH
 from ..data.superpixels import COMPACTNESS, SuperpixelManifest, SuperpixelStore, sample_superpixels
 from ..data.town import TOWN_VERSION, is_synthetic_town

@@ -21,7 +21,7 @@ from ..data.dataset import load_sample
 from ..data.datasets import open_index
 from ..data.fingerprint import dataset_fingerprint
 from ..data.images import read_rgb
-from ..data.nuscenes import DatasetIndex, camera_list
+from ..data.index import DatasetIndex, camera_list
 from ..data.projection import DEFAULT_MIN_DEPTH, pair_points, sample_at_pixels
 from ..data.semantickitti import learning_map
 from ..data.town import is_synthetic_town

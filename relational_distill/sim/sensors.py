@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.geometry import euler_to_matrix, make_transform
-from ..data.nuscenes import CAMERAS
+from ..data.index import CAMERAS
 from .layout import FINE, SceneLayout
 from .raycast import cast_with_ground
 

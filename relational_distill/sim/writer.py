@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..classes import fine_category_names
 from ..data.geometry import euler_to_matrix, make_transform, matrix_to_quaternion
-from ..data.nuscenes import CAMERAS
+from ..data.index import CAMERAS
 from ..data.town import SIDECAR_DIR, SPLITS_FILE, TOWN_VERSION
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker

@@ -11,7 +11,7 @@ import torch
 
 from ..config import CONFIG_DIR
 from ..data.images import read_rgb
-from ..data.nuscenes import CAMERAS, DatasetIndex, camera_list
+from ..data.index import CAMERAS, DatasetIndex, camera_list
 from ..errors import UserError
 from .prompts import load_prompts
 from .sim_clip import SIM_TEACHERS, SimClipConfig, SimClipTeacher

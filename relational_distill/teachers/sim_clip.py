@@ -38,7 +38,7 @@ import torch
 
 from ..classes import CLASS_NAMES
 from ..config import CONFIG_DIR, read_yaml
-from ..data.nuscenes import camera_list
+from ..data.index import camera_list
 from ..data.town import SIDECAR_DIR
 from ..errors import UserError
 from ..io import NPY_ERRORS
