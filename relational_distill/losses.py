@@ -206,16 +206,19 @@ def relational_loss(k: torch.Tensor, q: torch.Tensor, intra_weight: float = 1.0,
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Each loss by name, with the options it takes (the others do not concern it).
+LOSSES: dict[str, Callable[..., LossFn]] = {
+    "contrastive": lambda temperature, block_size, **_: (lambda k, q: contrastive_loss(k, q, temperature, block_size)),
+    "similarity": lambda **_: similarity_loss,
+    "relational": lambda intra_weight, p, block_size, **_: (
+        lambda k, q: relational_loss(k, q, intra_weight, p, block_size)),
+}
+LOSS_NAMES = tuple(LOSSES)
+
+
 def make_loss(name: str, temperature: float = 0.07, intra_weight: float = 1.0, p: int = 1,
               block_size: int | None = None) -> LossFn:
     """The loss called ``name`` with its options bound: contrastive, similarity or relational."""
-    if name == "contrastive":
-        return lambda k, q: contrastive_loss(k, q, temperature, block_size)
-    if name == "similarity":
-        return lambda k, q: similarity_loss(k, q)
-    if name == "relational":
-        return lambda k, q: relational_loss(k, q, intra_weight, p, block_size)
-    raise ValueError(f"unknown loss '{name}': choose contrastive, similarity or relational")
-
-
-LOSS_NAMES = ("contrastive", "similarity", "relational")
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss '{name}': choose {', '.join(LOSS_NAMES)}")
+    return LOSSES[name](temperature=temperature, intra_weight=intra_weight, p=p, block_size=block_size)

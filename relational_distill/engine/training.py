@@ -78,12 +78,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epochs: range, dist_info: 
     return batches
 
 
+OPTIMIZERS: dict[str, Callable[[list[dict], float], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, weight_decay: torch.optim.AdamW(groups, weight_decay=weight_decay),
+    "sgd": lambda groups, weight_decay: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay),
+}
+
+
 def make_optimizer(param_groups: list[dict], name: str, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(param_groups, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(param_groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise UserError(f"optimizer '{name}': choose adamw or sgd")
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer '{name}': choose {' or '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](param_groups, weight_decay)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
