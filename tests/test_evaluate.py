@@ -135,8 +135,8 @@ def test_teacher_ceiling_is_spelled_with_features(store_dir, tmp_path):
     from .test_cli_errors import _one_line_error
 
     r = runner.invoke(app, ["evaluate", "--features", str(store_dir), "--teacher-ceiling", "-q",
-                            "--out", str(tmp_path / "t.json")])
+                            "--out", str(tmp_path / "t")])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "t.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True)["miou"]
+    assert json.loads((tmp_path / "t" / "teacher_zero_shot_val.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True)["miou"]
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher", str(store_dir)]), "--teacher-ceiling")
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher-ceiling"]), "--features STORE")

@@ -261,9 +261,16 @@ def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, in
     store.path(cut).write_bytes(store.path(cut).read_bytes()[:100])
     with pytest.raises(UserError, match="--superpixels 20"):
         store.read(cut)
+    # the same integrity as the feature store: a byte changed in place, size kept, is refused by its sha256
+    flipped = store.path(index.samples[3]["token"])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        store.read(index.samples[3]["token"])
     again = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
                                         summary_per_class=100, quiet=True))
-    assert again["computed"] == 0 and again["superpixels"]["computed"] == 2
+    assert again["computed"] == 0 and again["superpixels"]["computed"] == 3
     with pytest.raises(UserError, match="--superpixels 30"):
         SuperpixelStore.open(SuperpixelStore.folder(out, 30), 30, "v1.0-sim")
     with pytest.raises(UserError, match="not 20 for 'v1.0-trainval'"):

@@ -529,9 +529,9 @@ def test_changed_text_embeddings_are_refused(run, store_copy, tmp_path):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(data)
     r = runner.invoke(app, ["evaluate", str(run / "checkpoint.pt"), "--zero-shot", "--features", str(store_copy),
-                            "--out", str(tmp_path / "zs.json"), "-q"])
+                            "--out", str(tmp_path / "zs"), "-q"])
     one_line(r, 2, "text_embeddings.pt", "sha256 mismatch")
-    assert not (tmp_path / "zs.json").exists()
+    assert not (tmp_path / "zs" / "zero_shot.json").exists()
 
 
 # -- configs --------------------------------------------------------------------------------------------------------
@@ -600,9 +600,9 @@ def test_dataset_without_lidarseg_labels(run, town, tmp_path):
     shutil.copytree(town, copy)
     (copy / "v1.0-sim" / "lidarseg.json").unlink()
     r = runner.invoke(app, ["evaluate", str(run / "checkpoint.pt"), "--zero-shot", "--dataroot", str(copy),
-                            "--out", str(tmp_path / "zs.json"), "-q"])
+                            "--out", str(tmp_path / "zs"), "-q"])
     one_line(r, 2, "no lidarseg labels")
-    assert not (tmp_path / "zs.json").exists()
+    assert not (tmp_path / "zs" / "zero_shot.json").exists()
 
 
 def test_nan_miou_is_written_as_null_with_a_reason(run, town, tmp_path):
@@ -611,9 +611,9 @@ def test_nan_miou_is_written_as_null_with_a_reason(run, town, tmp_path):
     for f in (copy / "lidarseg").rglob("*.bin"):  # every point labelled 0 (noise -> ignored)
         f.write_bytes(bytes(f.stat().st_size))
     r = runner.invoke(app, ["evaluate", str(run / "checkpoint.pt"), "--zero-shot", "--dataroot", str(copy),
-                            "--out", str(tmp_path / "zs.json"), "-q"])
+                            "--out", str(tmp_path / "zs"), "-q"])
     assert r.exit_code == 0, r.output
-    text = (tmp_path / "zs.json").read_text()
+    text = (tmp_path / "zs" / "zero_shot.json").read_text()
     assert "NaN" not in text
     result = json.loads(text)
     assert result["miou"] is None and "no labelled point" in result["miou_null_reason"]
@@ -802,7 +802,7 @@ def test_evaluate_and_analyze_find_moved_data(run, town, store_dir, tmp_path):
     save_checkpoint(ckpt, gone, state.model, state.epoch, state.step, state.training)
     one_line(runner.invoke(app, ["evaluate", str(ckpt), "--zero-shot", "-q"]), 2, "gone-")
     r = runner.invoke(app, ["evaluate", str(ckpt), "--zero-shot", "--features", str(moved_store), "--dataroot",
-                            str(moved_town), "--out", str(tmp_path / "zs.json"), "-q"])
+                            str(moved_town), "--out", str(tmp_path / "zs"), "-q"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["analyze", str(ckpt), "--features", str(moved_store), "--dataroot", str(moved_town),
                             "--per-class", "100", "--out", str(tmp_path / "an"), "-q"])

@@ -16,9 +16,7 @@ so a file whose bytes changed is refused, not used (docs/reliability.md).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import NPY_ERRORS, atomic_write, atomic_write_json, atomic_write_text, is_scratch_file
+from ..io import NPY_ERRORS, atomic_write_json, is_scratch_file
+from ..store import HashedStore
 
 STORE_FORMAT = 3  # 1: rdistill 0.1; 2: activation alone, or dataset fingerprint and content hashes alone
 TEXT_EMBEDDINGS = "text_embeddings.pt"
@@ -66,11 +65,12 @@ class Manifest:
         return None
 
 
-class FeatureStore:
+class FeatureStore(HashedStore):
+    what = "feature store"
+
     def __init__(self, root: Path, manifest: Manifest, files: dict[str, str] | None = None) -> None:
-        self.root = Path(root)
+        super().__init__(root, files)
         self.manifest = manifest
-        self.files = files or {}  # relative path -> sha256, recorded in the manifest of a complete store
 
     # -- creation and opening -------------------------------------------------------------------------------------
     @classmethod
@@ -85,11 +85,7 @@ class FeatureStore:
                 raise UserError(f"{path}: this store was made differently ({problem}); "
                                 f"pass a new --out folder or delete {root}")
             return existing
-        if root.exists() and any(not is_scratch_file(p) for p in root.iterdir()):
-            raise UserError(f"{root}: a folder that is not a feature store (no manifest.json); pass a new or empty "
-                            f"--out folder")
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, asdict(manifest))
+        cls.make_folder(root, asdict(manifest), cls.what)
         return cls(root, manifest)
 
     @classmethod
@@ -101,14 +97,13 @@ class FeatureStore:
         path = root / "manifest.json"
         if not path.exists():
             raise UserError(f"{path}: no feature store here; run 'rdistill precompute DATAROOT --out {root}' first")
+        data = cls.read_manifest(root, STORE_FORMAT, "store", f"delete {root} and run precompute again into a "
+                                                                  f"new folder")
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") != STORE_FORMAT:
-                raise UserError(f"{path}: store format {data.get('format')!r}, this rdistill reads {STORE_FORMAT}; "
-                                f"run precompute again into a new folder")
             manifest, files = Manifest.from_json(data), dict(data.get("files", {}))
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
-            raise UserError(f"{path}: unreadable manifest ({type(err).__name__}: {str(err)[:120]}); delete {root} and run precompute again") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise UserError(f"{path}: unreadable manifest ({type(err).__name__}: {str(err)[:120]}); delete {root} "
+                            f"and run precompute again") from None
         if teacher is not None and not _same_teacher(manifest.teacher_id, teacher):
             raise UserError(f"{path}: features were made by teacher '{manifest.teacher_id}', not '{teacher}'; "
                             f"pass the matching --teacher or precompute features for '{teacher}'")
@@ -128,36 +123,6 @@ class FeatureStore:
                             f"{self.manifest.dataset_fingerprint[:12]} ({self.manifest.dataroot}), but {dataroot} now "
                             f"holds dataset {fingerprint[:12]}; precompute features for it into a new --out folder")
 
-    # -- files with a content hash ----------------------------------------------------------------------------------
-    def _write_hashed(self, rel: str, data: bytes) -> None:
-        """Write ``data`` at ``rel`` and then its sha256 beside it (a file without its hash counts as missing)."""
-        atomic_write(self.root / rel, lambda f: f.write(data))
-        atomic_write_text(self.root / f"{rel}.sha256", hashlib.sha256(data).hexdigest() + "\n")
-
-    def recorded_hash(self, rel: str) -> str | None:
-        """The sha256 written with ``rel`` (its .sha256 file), else the one in the manifest, else None."""
-        try:
-            return (self.root / f"{rel}.sha256").read_text().strip()
-        except OSError:
-            return self.files.get(rel)
-
-    def _read_verified(self, rel: str) -> tuple[bytes | None, str | None]:
-        """(content, None) when ``rel`` exists and matches its recorded sha256, else (None, what is wrong)."""
-        try:
-            data = (self.root / rel).read_bytes()
-        except FileNotFoundError:
-            return None, "missing"
-        expected = self.recorded_hash(rel)
-        if expected is None:
-            return None, "no recorded sha256 (its write was interrupted)"
-        if hashlib.sha256(data).hexdigest() != expected:
-            return None, "content changed since precompute wrote it (sha256 mismatch)"
-        return data, None
-
-    def _refuse(self, rel: str, problem: str) -> UserError:
-        return UserError(f"{self.root / rel}: {problem}; run 'rdistill precompute' again with --out {self.root} "
-                         f"(it redoes only what is missing or changed)")
-
     # -- per-sample features --------------------------------------------------------------------------------------
     @staticmethod
     def relpath(token: str) -> str:
@@ -172,7 +137,7 @@ class FeatureStore:
 
     def problem(self, token: str) -> str | None:
         """What is wrong with a sample's file (missing, changed, wrong shape or dtype), or None if it is good."""
-        data, problem = self._read_verified(self.relpath(token))
+        data, problem = self.read_verified(self.relpath(token))
         if problem:
             return problem
         try:
@@ -192,20 +157,20 @@ class FeatureStore:
             raise ValueError(f"features of shape {features.shape}, store expects {self.expected_shape()}")
         buf = io.BytesIO()
         np.save(buf, features.astype(np.float16))
-        self._write_hashed(self.relpath(token), buf.getvalue())
+        self.write_hashed(self.relpath(token), buf.getvalue())
 
     def read(self, token: str) -> np.ndarray:
         """(cameras, D, gh, gw) float16 features of one sample, verified against their recorded sha256."""
         rel = self.relpath(token)
-        data, problem = self._read_verified(rel)
+        data, problem = self.read_verified(rel)
         if problem:
-            raise self._refuse(rel, problem)
+            raise self.refuse(rel, problem)
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except NPY_ERRORS as err:
-            raise self._refuse(rel, f"not a readable .npy file ({type(err).__name__})") from None
+            raise self.refuse(rel, f"not a readable .npy file ({type(err).__name__})") from None
         if not isinstance(arr, np.ndarray) or arr.shape != self.expected_shape() or arr.dtype != np.float16:
-            raise self._refuse(rel, f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16")
+            raise self.refuse(rel, f"shape {arr.shape} {arr.dtype}, the store holds {self.expected_shape()} float16")
         return arr
 
     def record_files(self, tokens: list[str]) -> bool:
@@ -223,28 +188,28 @@ class FeatureStore:
         buf = io.BytesIO()
         torch.save({"classes": list(classes), "embeddings": embeddings.float().cpu(),
                     "teacher_id": self.manifest.teacher_id, "templates_hash": self.manifest.templates_hash}, buf)
-        self._write_hashed(TEXT_EMBEDDINGS, buf.getvalue())
+        self.write_hashed(TEXT_EMBEDDINGS, buf.getvalue())
 
     def text_embeddings_problem(self) -> str | None:
-        return self._read_verified(TEXT_EMBEDDINGS)[1]
+        return self.read_verified(TEXT_EMBEDDINGS)[1]
 
     def text_embeddings(self) -> tuple[list[str], torch.Tensor]:
-        data, problem = self._read_verified(TEXT_EMBEDDINGS)
+        data, problem = self.read_verified(TEXT_EMBEDDINGS)
         if problem:
-            raise self._refuse(TEXT_EMBEDDINGS, problem)
+            raise self.refuse(TEXT_EMBEDDINGS, problem)
         try:
             loaded = torch.load(io.BytesIO(data), weights_only=True)
         except Exception as err:  # noqa: BLE001  random bytes or a pickle: refused by the unpickler, nothing run
-            raise self._refuse(TEXT_EMBEDDINGS, f"not a tensor file ({type(err).__name__})") from None
+            raise self.refuse(TEXT_EMBEDDINGS, f"not a tensor file ({type(err).__name__})") from None
         expected = {"classes", "embeddings", "teacher_id", "templates_hash"}
         if not isinstance(loaded, dict) or set(loaded) != expected:
-            raise self._refuse(TEXT_EMBEDDINGS, f"not the store's text embeddings (keys {sorted(map(str, loaded))[:6]})"
+            raise self.refuse(TEXT_EMBEDDINGS, f"not the store's text embeddings (keys {sorted(map(str, loaded))[:6]})"
                                if isinstance(loaded, dict) else "not the store's text embeddings")
         classes, embeddings = loaded["classes"], loaded["embeddings"]
         if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
                 and isinstance(embeddings, torch.Tensor) and embeddings.shape == (len(classes), self.manifest.dim)
                 and embeddings.is_floating_point() and torch.isfinite(embeddings).all()):
-            raise self._refuse(TEXT_EMBEDDINGS, f"not {self.manifest.dim}-d finite embeddings of its class names")
+            raise self.refuse(TEXT_EMBEDDINGS, f"not {self.manifest.dim}-d finite embeddings of its class names")
         if loaded["teacher_id"] != self.manifest.teacher_id:
             raise UserError(f"{self.root / TEXT_EMBEDDINGS}: text embeddings of '{str(loaded['teacher_id'])[:60]}' in "
                             f"a store of '{self.manifest.teacher_id}'; run precompute again into a new folder")
