@@ -23,12 +23,14 @@ from relational_distill.data.dataset import load_sample
 from relational_distill.data.nuscenes import load_index
 from relational_distill.data.projection import DEFAULT_MIN_DEPTH
 from relational_distill.data.town import TOWN_VERSION
-from relational_distill.engine.distill import anchor_head, teacher_mean
+from relational_distill.engine.distill import DistillConfig, anchor_head, teacher_mean
 from relational_distill.engine.training import cosine_schedule
 from relational_distill.losses import make_loss
 from relational_distill.metrics.segmentation import confusion_matrix, miou
 from relational_distill.models.sparse_unet import Student, VoxelConfig
 from relational_distill.teachers.store import FeatureStore
+
+D = DistillConfig()  # every training default is DistillConfig's (= configs/distill_cpu.yaml)
 
 
 def class_means(samples: list[dict], dim: int) -> torch.Tensor:
@@ -72,18 +74,18 @@ def main() -> None:
     p.add_argument("--loss", default="similarity")
     p.add_argument("--supervised", action="store_true", help="cross-entropy on the labels instead of a loss")
     p.add_argument("--target", default="teacher", choices=("teacher", "class-mean"))
-    p.add_argument("--p", type=int, default=1, help="relational: 1 (L1) or 2 (squared, Gram form)")
-    p.add_argument("--block", type=int, default=None)
+    p.add_argument("--p", type=int, default=D.relational_p, help="relational: 1 (L1) or 2 (squared, Gram form)")
+    p.add_argument("--block", type=int, default=D.block_size)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--pairs", type=int, default=4096, help="pairs per step (0: every pair of the batch)")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--voxel", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--head-bias", default="learned", choices=("learned", "teacher-mean"),
+    p.add_argument("--lr", type=float, default=D.lr)
+    p.add_argument("--weight-decay", type=float, default=D.weight_decay)
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--pairs", type=int, default=D.num_pairs, help="pairs per step (0: every pair of the batch)")
+    p.add_argument("--preset", default=D.preset)
+    p.add_argument("--voxel", type=float, default=D.voxel_size)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--head-bias", default=D.head_bias, choices=("learned", "teacher-mean"),
                    help="teacher-mean: the head's bias fixed at the mean teacher feature (DistillConfig.head_bias)")
     a = p.parse_args()
     torch.manual_seed(a.seed)
