@@ -4,7 +4,7 @@ to the value measured, for each point of a grid over the teacher's parameters.
 Targets of the CLIP-like ``sim-clip`` (sources in docs/teachers.md): zero-shot mIoU at the lidar-paired val points
 0.20-0.35; 2D zero-shot accuracy at the paired pixels well under sim-clip:clean's 0.91; U 1.54 +- 0.05 and T 0.73
 +- 0.03 (Fig. 1 protocol); errors mostly between semantically near classes, worst on small classes, spatially
-correlated. Measured the way precompute measures them (features stored in float16, the same pairs).
+correlated. Measured by precompute's own summary and ceiling (features stored in float16, the same pairs).
 
     .venv/bin/rdistill make-sim /tmp/cal100 --scenes 8 --samples-per-scene 6 --seed 100
     .venv/bin/python benchmarks/calibrate_sim_clip.py /tmp/cal100 --grid confusion_weight=0.6,0.8 --grid context_share=0.2
@@ -20,15 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from relational_distill.classes import CLASS_NAMES
 from relational_distill.config import CONFIG_DIR
-from relational_distill.data.dataset import load_sample
 from relational_distill.data.index import camera_list
 from relational_distill.data.nuscenes import load_index
 from relational_distill.data.projection import DEFAULT_MIN_DEPTH
 from relational_distill.data.town import SIDECAR_DIR, TOWN_VERSION
-from relational_distill.metrics.segmentation import confusion_matrix, miou
-from relational_distill.metrics.structure import sample_per_class, tolerance, uniformity
-from relational_distill.metrics.teacher_errors import error_statistics, mean_cosine_between_classes
+from relational_distill.engine.precompute import teacher_ceiling, teacher_summary
 from relational_distill.student import zero_shot_labels
 from relational_distill.teachers.sim_clip import SimClipConfig, SimClipTeacher
 
@@ -36,13 +34,21 @@ TARGETS = {"teacher_zero_shot_miou": (0.20, 0.35), "uniformity": (1.49, 1.59), "
 
 
 class _Features:
-    """The teacher's features of a town in memory, stored as precompute stores them (float16)."""
+    """The teacher's features of a town in memory, stored as precompute stores them (float16): what precompute's
+    summary and ceiling read from a feature store."""
 
     def __init__(self, teacher: SimClipTeacher, index) -> None:
         self.grids = {s["token"]: teacher.sample_features(index.dataroot, s).astype(np.float16) for s in index.samples}
+        self.text = teacher.text_embeddings()
 
     def read(self, token: str) -> np.ndarray:
         return self.grids[token]
+
+    def text_embeddings(self) -> tuple[list[str], torch.Tensor]:
+        return list(CLASS_NAMES), self.text
+
+    def bytes_on_disk(self) -> int:
+        return 0
 
 
 def patch_error_lift(teacher: SimClipTeacher, index, grids: dict, text: torch.Tensor, samples: list[dict]) -> float:
@@ -72,37 +78,16 @@ def patch_error_lift(teacher: SimClipTeacher, index, grids: dict, text: torch.Te
 
 
 def measure(cfg: SimClipConfig, index, per_class: int) -> dict:
+    """precompute's teacher summary and ceiling (engine/precompute.py, the same pairs and samples), and the
+    spatial correlation of the errors."""
     teacher = SimClipTeacher(cfg, index.fine_to_coarse)
     store = _Features(teacher, index)
-    text = teacher.text_embeddings()
-    # the teacher ceiling: every pair of every val sample
-    val = index.split("val")
-    conf = torch.zeros(17, 17, dtype=torch.long)
-    preds, labels = [], []
-    for s in val:
-        item = load_sample(index, s, store, DEFAULT_MIN_DEPTH)
-        pred, y = zero_shot_labels(item["pair_teacher"], text), item["labels"][item["pair_point"]]
-        conf += confusion_matrix(pred, y, 17)
-        preds.append(pred)
-        labels.append(y)
-    _, ceiling = miou(conf)
-    # the summary: at most 4000 pairs a sample over every sample, as precompute's teacher_summary
-    rng = np.random.default_rng(0)
-    feats, ys = [], []
-    for s in index.samples:
-        item = load_sample(index, s, store, DEFAULT_MIN_DEPTH, pairs_per_sample=4000, rng=rng)
-        feats.append(item["pair_teacher"])
-        ys.append(item["labels"][item["pair_point"]])
-    q, y = torch.cat(feats), torch.cat(ys)
-    labelled = y > 0
-    pick = sample_per_class(y, per_class, 0)
-    return {"teacher_zero_shot_miou": ceiling,
-            "zero_shot_pixel_accuracy": float((zero_shot_labels(q[labelled], text) == y[labelled]).double().mean()),
-            "uniformity": uniformity(q[pick], block_size=2048), "tolerance": tolerance(q[pick], y[pick]),
-            "mean_cosine_between_classes": mean_cosine_between_classes(q[pick], y[pick]),
-            **error_statistics(torch.cat(preds), torch.cat(labels)),
-            "error_neighbour_lift": patch_error_lift(teacher, index, store.grids, text, val),
-            "per_class_iou": {i: round(float(v), 3) for i, v in enumerate(miou(conf)[0].tolist()[1:], 1)}}
+    summary = teacher_summary(index, store, DEFAULT_MIN_DEPTH, per_class, quiet=True)
+    ceiling = teacher_ceiling(index, store, DEFAULT_MIN_DEPTH, quiet=True)
+    return {**{k: v for k, v in summary.items() if k not in ("bytes_on_disk", "bytes_per_sample")},
+            "teacher_zero_shot_miou": ceiling["teacher_zero_shot_miou"],
+            "per_class_iou": ceiling["teacher_zero_shot_per_class_iou"],
+            "error_neighbour_lift": patch_error_lift(teacher, index, store.grids, store.text, index.split("val"))}
 
 
 def in_band(m: dict) -> bool:
