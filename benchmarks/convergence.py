@@ -27,7 +27,8 @@ from relational_distill.engine.distill import DistillConfig, anchor_head, teache
 from relational_distill.engine.training import cosine_schedule
 from relational_distill.losses import make_loss
 from relational_distill.metrics.segmentation import confusion_matrix, miou
-from relational_distill.models.sparse_unet import Student, VoxelConfig
+from relational_distill.models.sparse_unet import Student
+from relational_distill.models.voxels import VoxelConfig
 from relational_distill.teachers.store import FeatureStore
 
 D = DistillConfig()  # every training default is DistillConfig's (= configs/distill_cpu.yaml)

@@ -27,7 +27,8 @@ def main() -> None:
     from relational_distill.models.voxels import voxel_coordinates, voxelize
     from relational_distill.engine.distill import DistillConfig, anchor_head, teacher_mean
     from relational_distill.losses import make_loss
-    from relational_distill.models.sparse_unet import Student, VoxelConfig
+    from relational_distill.models.sparse_unet import Student
+    from relational_distill.models.voxels import VoxelConfig
     from relational_distill.teachers.store import FeatureStore
     from relational_distill.threads import training_threads
 

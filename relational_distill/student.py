@@ -5,6 +5,7 @@ finetuned student labels through its head. Labels are 1..C (0 is ignore, never p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +13,22 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .errors import UserError
-from .models.sparse_unet import Student, VoxelConfig
+from .data.dataset import collate
+from .models.sparse_unet import Student
+from .models.voxels import VoxelConfig, voxelize_batch
+
+
+@dataclass(frozen=True)
+class VoxelisingCollate:
+    """The training batch: data/dataset.py's ``collate`` plus the batch's voxelisation for the student
+    (``batch["voxels"]``), so it is made in the DataLoader's workers rather than in the training step."""
+
+    voxel: VoxelConfig
+
+    def __call__(self, items: list[dict]) -> dict:
+        out = collate(items)
+        out["voxels"] = voxelize_batch(out["points"], out["batch"], self.voxel)
+        return out
 
 
 def voxel_config(meta: CheckpointMeta, checkpoint: Path) -> VoxelConfig:

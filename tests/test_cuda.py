@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from relational_distill.checkpoint import load_checkpoint
 from relational_distill.engine.distill import distill
-from relational_distill.models.sparse_unet import Student, VoxelConfig
+from relational_distill.models.sparse_unet import Student
+from relational_distill.models.voxels import VoxelConfig
 
 from .conftest import TOWN_IMAGE, loss_forms, tiny_distill_config
 from .test_student import algorithms, cloud

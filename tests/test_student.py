@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from spconv.core import ConvAlgo
 from spconv.pytorch.conv import SparseConvolution
 
-from relational_distill.models.sparse_unet import Student, VoxelConfig
-from relational_distill.models.voxels import voxel_coordinates
-from relational_distill.student import point_outputs, zero_shot_labels
+from relational_distill.models.sparse_unet import Student
+from relational_distill.models.voxels import VoxelConfig, voxel_coordinates, voxelize_batch
+from relational_distill.student import VoxelisingCollate, point_outputs, zero_shot_labels
 
 
 def cloud(n: int, seed: int) -> torch.Tensor:
@@ -45,6 +45,26 @@ def test_a_batch_is_its_clouds_run_alone():
     both = model(torch.cat([a, b]), torch.cat([torch.zeros(500, dtype=torch.long), torch.ones(300, dtype=torch.long)]))
     torch.testing.assert_close(both[:500], point_outputs(model, a), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(both[500:], point_outputs(model, b), rtol=1e-5, atol=1e-5)
+
+
+def test_voxels_made_by_the_loader_are_the_ones_forward_makes():
+    """Training voxelises in the DataLoader's workers (VoxelisingCollate); the student then gives exactly what it
+    gives when it voxelises itself, and a batch's voxels are those of the concatenated clouds (brute force)."""
+    model = student()
+    items = [{"token": str(i), "points": cloud(n, 10 + i), "labels": torch.zeros(n, dtype=torch.long)}
+             for i, n in enumerate((350, 280))]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, num_workers=1, collate_fn=VoxelisingCollate(model.voxel))
+    batch = next(iter(loader))
+    voxels = batch["voxels"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch["points"], batch["batch"], voxels=voxels),
+                                   model(batch["points"], batch["batch"]), rtol=0, atol=0)
+    for i, it in enumerate(items):  # each point's voxel row: its sample, its coordinate shifted to the sample's min
+        coords = voxel_coordinates(it["points"][:, :3], 0.5)
+        rows = voxels.indices[voxels.inverse[batch["batch"] == i]]
+        assert (rows[:, 0] == i).all() and torch.equal(rows[:, 1:].long(), coords - coords.min(0).values)
+    again = voxelize_batch(batch["points"], batch["batch"], model.voxel)
+    assert torch.equal(again.indices, voxels.indices) and torch.equal(again.inverse, voxels.inverse)
 
 
 def test_rows_are_the_full_output_at_those_rows():

@@ -19,10 +19,11 @@ from ..data.town import TOWN_VERSION, is_synthetic_town
 from ..errors import UserError
 from ..losses import LOSS_NAMES, make_loss, superpixel_pool
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
-from ..models.sparse_unet import PRESETS, Student, VoxelConfig
+from ..models.sparse_unet import PRESETS, Student
+from ..models.voxels import VoxelConfig
 from ..report import write_result
 from ..scoring import segmentation_confusion, segmentation_result
-from ..student import point_outputs
+from ..student import VoxelisingCollate, point_outputs
 from ..teachers.store import FeatureStore
 from .runlog import RunLog
 from .runtime import init_distributed, resolve_device
@@ -105,17 +106,18 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
     ranks = init_distributed(device)
 
     def step(model, batch, step_no):
-        points, point_batch = batch["points"].to(device), batch["batch"].to(device)
+        points, point_batch, voxels = (batch[k].to(device) for k in ("points", "batch", "voxels"))
         if cfg.superpixels:  # SLidR: InfoNCE between superpixel-pooled point and pixel features
             segment = batch["pair_segment"].to(device)
-            k = model(points, point_batch, rows=batch["pair_point"].to(device))
+            k = model(points, point_batch, rows=batch["pair_point"].to(device), voxels=voxels)
             k = superpixel_pool(F.normalize(k.float(), dim=1), segment)
             return loss_fn(k, superpixel_pool(batch["pair_teacher"].to(device), segment))
         pick = torch.arange(len(batch["pair_point"]))
         if cfg.num_pairs is not None:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step_no * 101 + ranks.rank)
             pick = torch.randperm(len(pick), generator=g)[: cfg.num_pairs]
-        k = F.normalize(model(points, point_batch, rows=batch["pair_point"][pick].to(device)).float(), dim=1)
+        k = F.normalize(model(points, point_batch, rows=batch["pair_point"][pick].to(device), voxels=voxels).float(),
+                        dim=1)
         return loss_fn(k, batch["pair_teacher"][pick].to(device))
 
     monitor = None
@@ -134,7 +136,7 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, versi
                       resume=resume, overwrite=overwrite, quiet=quiet)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = train(loop, model, [{"params": trainable, "lr": cfg.lr}], cfg.weight_decay, dataset, step,
-                   meta, on_epoch)
+                   meta, on_epoch, VoxelisingCollate(model.voxel))
     result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
                    "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
     if ranks.main:

@@ -16,9 +16,10 @@ from ..data.fingerprint import dataset_fingerprint
 from ..data.splits import few_shot_samples, require_labels
 from ..data.town import TOWN_VERSION
 from ..errors import UserError
-from ..models.sparse_unet import PRESETS, Student, VoxelConfig
+from ..models.sparse_unet import PRESETS, Student
+from ..models.voxels import VoxelConfig
 from ..report import write_result
-from ..student import load_weights, voxel_config
+from ..student import VoxelisingCollate, load_weights, voxel_config
 from .evaluate import evaluate
 from .runtime import init_distributed, resolve_device
 from .training import LoopConfig, train
@@ -121,7 +122,8 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     def step(model, batch, step_no):
         if cfg.linear_probe:
             model.train(False)  # frozen backbone: BatchNorm statistics stay those of the distilled backbone
-        logits = model(batch["points"].to(device), batch["batch"].to(device)).float()
+        points, point_batch, voxels = (batch[k].to(device) for k in ("points", "batch", "voxels"))
+        logits = model(points, point_batch, voxels=voxels).float()
         target = batch["labels"].to(device) - 1  # classes 1..C -> 0..C-1; ignore (0) becomes -1
         loss = F.cross_entropy(logits, target, ignore_index=-1)
         if cfg.lovasz:
@@ -132,7 +134,8 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: 
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, overwrite=overwrite, quiet=quiet)
-    result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta)
+    result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta,
+                   collate_fn=VoxelisingCollate(model.voxel))
     result.update({"train_samples": len(train_samples), **selection,
                    "fraction": cfg.fraction, "mode": meta.kind, "from_scratch": cfg.from_scratch,
                    "dataset": index.dataset, "notes": list(index.notes), "config": asdict(cfg)})

@@ -182,19 +182,24 @@ def _finite_weights(model: torch.nn.Module) -> bool:
 
 def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
           dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: CheckpointMeta,
-          on_epoch_end: Callable[[int, RunLog | None], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int, RunLog | None], None] | None = None,
+          collate_fn: Callable[[list[dict]], dict] = collate) -> dict:
     """:func:`train_in_folder` while holding the run folder's lock (io.folder_lock): a second command writing the
     same folder at the same time is refused in one line. Only the main process takes it."""
     if not init_distributed(cfg.device).main:
-        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
+        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end,
+                               collate_fn)
     with folder_lock(Path(cfg.out), "run folder"):
-        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end)
+        return train_in_folder(cfg, model, param_groups, weight_decay, dataset, step_fn, meta, on_epoch_end,
+                               collate_fn)
 
 
 def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
                     dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor],
-                    meta: CheckpointMeta, on_epoch_end: Callable[[int, RunLog | None], None] | None = None) -> dict:
-    """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss.
+                    meta: CheckpointMeta, on_epoch_end: Callable[[int, RunLog | None], None] | None = None,
+                    collate_fn: Callable[[list[dict]], dict] = collate) -> dict:
+    """Train ``model`` for ``cfg.epochs`` epochs over ``dataset``; ``step_fn(model, batch, step)`` returns the loss
+    for a batch made by ``collate_fn`` in the DataLoader's workers (the caller's batch format).
 
     ``dataset[(epoch, i)]`` is sample ``i`` as drawn in ``epoch`` (its random draws seeded by both, so that a
     resumed run sees exactly the data of an uninterrupted one).
@@ -277,7 +282,7 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
             # one loader for every epoch left: its workers start once and load across epoch boundaries
             loader = DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), batch_size, cfg.seed,
                                                                      range(start_epoch, cfg.epochs), dinfo),
-                                collate_fn=collate, num_workers=cfg.workers,
+                                collate_fn=collate_fn, num_workers=cfg.workers,
                                 generator=torch.Generator().manual_seed(cfg.seed))
             batches = iter(loader)
             for epoch in range(start_epoch, cfg.epochs):

@@ -3,8 +3,8 @@
 On CPU every spconv convolution uses ``ConvAlgo.Native`` (the default implicit-GEMM algorithm is CUDA-only);
 on a GPU spconv's default. The algorithm follows the weights' device: it is set again whenever the network is
 moved (``.to()``, ``.cuda()``), so a student built on CPU and moved to a GPU runs the GPU's algorithm. Points are
-voxelised inside :class:`Student`, and voxel features are read back per point through the inverse map, so every
-output is per point.
+voxelised by the data loader in training and inside :class:`Student` otherwise (models/voxels.py), and voxel
+features are read back per point through the inverse map, so every output is per point.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # spconv's import warns about deprecated torch.
 # spconv's modules make torch.fx log a notice about is_fx_tracing on first use; it is not ours to act on
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-from .voxels import VOXEL_MODES, scatter_mean, voxel_coordinates, voxelize
+from .voxels import VoxelConfig, Voxels, scatter_mean, voxelize_batch
 
 
 @dataclass(frozen=True)
@@ -152,21 +152,6 @@ class SparseUNet(nn.Module):
         return x.features
 
 
-@dataclass(frozen=True)
-class VoxelConfig:
-    size: float = 0.1               # metres
-    mode: str = "cartesian"         # or cylindrical
-    angular_resolution_deg: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.mode not in VOXEL_MODES:
-            raise ValueError(f"voxel mode '{self.mode}': use {' or '.join(VOXEL_MODES)}")
-        for name in ("size", "angular_resolution_deg"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
-                raise ValueError(f"voxel {name} {value!r}: a positive number of metres (degrees) below 1000")
-
-
 def point_inputs(points: torch.Tensor) -> torch.Tensor:
     """Per-point input features (N, 4): x, y, z scaled to about [-1, 1] and intensity in [0, 1]."""
     return torch.stack([points[:, 0] / 50.0, points[:, 1] / 50.0, points[:, 2] / 5.0, points[:, 3] / 255.0], 1)
@@ -185,20 +170,17 @@ class Student(nn.Module):
         self.backbone = SparseUNet(4, preset)
         self.head = nn.Linear(self.backbone.out_channels, out_dim)
 
-    def voxel_features(self, points: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(backbone features per voxel (V, C), the voxel of each point (N,))."""
-        num = int(batch.max()) + 1 if len(batch) else 0
-        coords = voxel_coordinates(points[:, :3], self.voxel.size, self.voxel.mode, self.voxel.angular_resolution_deg)
-        per_sample = [coords[batch == b] for b in range(num)]
-        order = torch.cat([torch.nonzero(batch == b).squeeze(1) for b in range(num)])
-        indices, inverse_sorted, shape = voxelize([c.cpu() for c in per_sample])
-        inverse = torch.empty_like(inverse_sorted)
-        inverse[order.cpu()] = inverse_sorted
-        inverse = inverse.to(points.device)
-        feats = scatter_mean(point_inputs(points), inverse, len(indices))
-        x = spconv.SparseConvTensor(feats, indices.to(points.device), shape, num)
-        return self.backbone(x), inverse
+    def voxel_features(self, points: torch.Tensor, batch: torch.Tensor, voxels: Voxels | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(backbone features per voxel (V, C), the voxel of each point (N,)); ``voxels``: the batch's
+        voxelisation made by the data loader (models/voxels.py), on the points' device, else made here."""
+        if voxels is None:
+            voxels = voxelize_batch(points, batch, self.voxel).to(points.device)
+        feats = scatter_mean(point_inputs(points), voxels.inverse, len(voxels.indices))
+        x = spconv.SparseConvTensor(feats, voxels.indices, voxels.shape, voxels.batch_size)
+        return self.backbone(x), voxels.inverse
 
-    def forward(self, points: torch.Tensor, batch: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        voxels, inverse = self.voxel_features(points, batch)
-        return self.head(voxels[inverse if rows is None else inverse[rows]])
+    def forward(self, points: torch.Tensor, batch: torch.Tensor, rows: torch.Tensor | None = None,
+                voxels: Voxels | None = None) -> torch.Tensor:
+        features, inverse = self.voxel_features(points, batch, voxels)
+        return self.head(features[inverse if rows is None else inverse[rows]])

@@ -1,9 +1,45 @@
-"""Points -> sparse voxels, with the point -> voxel inverse map so that losses and metrics stay per point."""
+"""Points -> sparse voxels, with the point -> voxel inverse map so that losses and metrics stay per point.
+
+Training voxelises each batch in the DataLoader's workers (:func:`voxelize_batch`, through student.py's
+``VoxelisingCollate``), as SLidR and OpenScene quantise in their loaders, so a GPU step gets its voxels ready made;
+evaluation lets the student voxelise inside ``forward``. Both run the same function on the CPU.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 VOXEL_MODES = ("cartesian", "cylindrical")
+
+
+@dataclass(frozen=True)
+class VoxelConfig:
+    size: float = 0.1               # metres
+    mode: str = "cartesian"         # or cylindrical
+    angular_resolution_deg: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in VOXEL_MODES:
+            raise ValueError(f"voxel mode '{self.mode}': use {' or '.join(VOXEL_MODES)}")
+        for name in ("size", "angular_resolution_deg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e3:
+                raise ValueError(f"voxel {name} {value!r}: a positive number of metres (degrees) below 1000")
+
+
+@dataclass
+class Voxels:
+    """A batch's voxelisation: spconv's ``indices`` (V, 4) int32 rows (batch, x, y, z), each point's voxel
+    ``inverse`` (N,) int64, the padded ``shape`` and the number of samples."""
+
+    indices: torch.Tensor
+    inverse: torch.Tensor
+    shape: list[int]
+    batch_size: int
+
+    def to(self, device: torch.device | str) -> "Voxels":
+        return Voxels(self.indices.to(device), self.inverse.to(device), self.shape, self.batch_size)
 
 
 def voxel_coordinates(xyz: torch.Tensor, voxel_size: float, mode: str = "cartesian",
@@ -58,3 +94,16 @@ def scatter_mean(values: torch.Tensor, inverse: torch.Tensor, num: int) -> torch
     count = torch.zeros(num, dtype=values.dtype, device=values.device)
     count.index_add_(0, inverse, torch.ones_like(inverse, dtype=values.dtype))
     return out / count.clamp_min(1)[:, None]
+
+
+def voxelize_batch(points: torch.Tensor, batch: torch.Tensor, voxel: VoxelConfig) -> Voxels:
+    """The voxelisation of a batch of point clouds (``points`` (N, >=3) metres, ``batch`` (N,) each point's sample),
+    computed on the CPU whatever the points' device."""
+    points, batch = points.cpu(), batch.cpu()
+    num = int(batch.max()) + 1 if len(batch) else 0
+    coords = voxel_coordinates(points[:, :3], voxel.size, voxel.mode, voxel.angular_resolution_deg)
+    order = torch.cat([torch.nonzero(batch == b).squeeze(1) for b in range(num)])
+    indices, inverse_sorted, shape = voxelize([coords[batch == b] for b in range(num)])
+    inverse = torch.empty_like(inverse_sorted)
+    inverse[order] = inverse_sorted
+    return Voxels(indices, inverse, shape, num)
