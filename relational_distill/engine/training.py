@@ -180,6 +180,62 @@ def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
+@dataclass
+class Optimisation:
+    """The optimiser, its cosine schedule and the AMP loss scaler, stepped, saved and restored together."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, param_groups: list[dict], cfg: LoopConfig, weight_decay: float, total_steps: int,
+              use_amp: bool) -> "Optimisation":
+        optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
+        return cls(optimizer, cosine_schedule(optimizer, total_steps, cfg.warmup_fraction),
+                   torch.amp.GradScaler("cuda", enabled=use_amp))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state(self) -> dict:
+        """The training state a checkpoint keeps (with the random generators' state)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_state()}
+
+    def restore(self, state: dict, ckpt_path: Path) -> None:
+        """Load a checkpoint's training state; one that does not fit is a one-line error."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+            raise UserError(f"{ckpt_path}: its training state does not fit this run ({type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:120]}); the checkpoint is corrupt, start again "
+                            f"with --overwrite") from None
+
+    def apply_rates(self, lrs: list[float], weight_decay: float) -> None:
+        """After :meth:`restore`: the loaded states carry the old learning rates and weight decay; use these."""
+        self.scheduler.base_lrs = list(lrs)
+        for group, base, factor in zip(self.optimizer.param_groups, lrs, self.scheduler.lr_lambdas):
+            group.update(initial_lr=base, lr=base * factor(self.scheduler.last_epoch), weight_decay=weight_decay)
+
+
+def _rank_checksums(model: torch.nn.Module, dinfo: Distributed) -> list:
+    """Every rank's :func:`parameter_checksum` (equal ranks: DDP kept the replicas in step)."""
+    checksum = parameter_checksum(model)
+    if dinfo.world == 1:
+        return [checksum]
+    sums: list[Any] = [None] * dinfo.world
+    dist.all_gather_object(sums, checksum)
+    return sums
+
+
 def train(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[dict], weight_decay: float,
           dataset: Dataset, step_fn: Callable[[torch.nn.Module, dict, int], torch.Tensor], meta: CheckpointMeta,
           on_epoch_end: Callable[[int, RunLog | None], None] | None = None,
@@ -232,48 +288,25 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
     if previous:
         load_weights(model, previous.model, ckpt_path)
     model.to(cfg.device)  # before the optimiser state is loaded: load_state_dict puts it on the parameters' device
-    optimizer = make_optimizer(param_groups, cfg.optimizer, weight_decay)
     use_amp = cfg.device.startswith("cuda")  # float16 autocast (spconv's fast kernels) with loss scaling
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scheduler = cosine_schedule(optimizer, total_steps, cfg.warmup_fraction)
+    opt = Optimisation.build(param_groups, cfg, weight_decay, total_steps, use_amp)
     start_epoch, step = 0, 0
     if previous:
-        state = previous.training
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
-            raise UserError(f"{ckpt_path}: its training state does not fit this run ({type(err).__name__}: "
-                            f"{(str(err).splitlines() or [''])[0][:120]}); the checkpoint is corrupt, start again "
-                            f"with --overwrite") from None
+        opt.restore(previous.training, ckpt_path)
         start_epoch, step = previous.epoch, previous.step
-        if changed:  # the loaded states carry the old learning rates and weight decay: apply the new ones
-            scheduler.base_lrs = list(new_lrs)
-            for group, base, factor in zip(optimizer.param_groups, new_lrs, scheduler.lr_lambdas):
-                group.update(initial_lr=base, lr=base * factor(scheduler.last_epoch), weight_decay=weight_decay)
+        if changed:
+            opt.apply_rates(new_lrs, weight_decay)
     ddp_model = model
     if dinfo.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if cfg.device == "cpu" else [cfg.device])
 
     def save(epochs_done: int, steps_done: int) -> None:
-        training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng_state()}
-        save_checkpoint(ckpt_path, meta, model.state_dict(), epochs_done, steps_done, training)
+        save_checkpoint(ckpt_path, meta, model.state_dict(), epochs_done, steps_done, opt.state())
 
     epoch_losses = []
     started = time.perf_counter()
     samples_seen = 0
-    log = RunLog(out) if dinfo.main else None
-    if log and not cfg.quiet:
-        print(log.notice, file=sys.stderr)
-    if log and (previous or not log.empty):
-        log.write({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else
-                  {"event": "start"})
-        if changed:
-            print(f"resuming {ckpt_path} at epoch {start_epoch}, applying: "
-                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+    log = _open_log(out, previous, changed, start_epoch, step, cfg.quiet) if dinfo.main else None
     try:
         # on CPU, one core for each DataLoader worker and the rest for the student (threads.py)
         with progress_bar("train", total_steps, cfg.quiet or not dinfo.main, unit="steps") as bar, \
@@ -293,21 +326,13 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
                         batch = next(batches)
                     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                         loss = step_fn(ddp_model, batch, step)
-                    finite = bool(torch.isfinite(loss))
-                    if not _all_ranks(finite, dinfo, cfg.device):
-                        where = f"loss became {loss.item()}" if not finite else "loss became NaN/inf on another rank"
-                        raise TrainingDiverged(f"{where} at step {step} (epoch {epoch}); {_kept(ckpt_path)}; lower "
-                                               f"the learning rate and run again with --resume")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
+                    _require_finite_loss(loss, dinfo, cfg.device, step, epoch, ckpt_path)
+                    opt.step(loss)
                     step += 1
                     samples_seen += cfg.batch_size
                     losses.append(loss.item())
                     if log:
-                        log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+                        log.write({"step": step, "epoch": epoch, "loss": losses[-1], "lr": opt.scheduler.get_last_lr()[0],
                                    "time": round(time.perf_counter() - started, 3)})
                     bar.advance(info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
                     check_interrupt()
@@ -329,17 +354,36 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
         if log:
             log.close()
     seconds = time.perf_counter() - started
-    result = {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
-              "samples_per_second": samples_seen / seconds if seconds > 0 else None,
-              "checkpoint": str(ckpt_path), "world_size": dinfo.world, "resume_changes": changed}
-    checksum = parameter_checksum(model)
-    if dinfo.world > 1:
-        sums: list[Any] = [None] * dinfo.world
-        dist.all_gather_object(sums, checksum)
-        result["rank_checksums"] = sums
-    else:
-        result["rank_checksums"] = [checksum]
-    return result
+    return {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
+            "samples_per_second": samples_seen / seconds if seconds > 0 else None,
+            "checkpoint": str(ckpt_path), "world_size": dinfo.world, "resume_changes": changed,
+            "rank_checksums": _rank_checksums(model, dinfo)}
+
+
+def _open_log(out: Path, previous: Checkpoint | None, changed: dict, start_epoch: int, step: int,
+              quiet: bool) -> RunLog:
+    """The run's log (main process), with a ``resume`` row (and a line on stderr for what changed) or a ``start``
+    row after the rows of an earlier run."""
+    log = RunLog(out)
+    if not quiet:
+        print(log.notice, file=sys.stderr)
+    if previous or not log.empty:
+        log.write({"event": "resume", "epoch": start_epoch, "step": step, "changed": changed} if previous else
+                  {"event": "start"})
+        if changed:
+            print(f"resuming {out / CHECKPOINT} at epoch {start_epoch}, applying: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), file=sys.stderr)
+    return log
+
+
+def _require_finite_loss(loss: torch.Tensor, dinfo: Distributed, device: str, step: int, epoch: int,
+                         ckpt_path: Path) -> None:
+    """Stop every rank (one line: what happened, what is kept) when the loss is NaN or infinite on any rank."""
+    finite = bool(torch.isfinite(loss))
+    if not _all_ranks(finite, dinfo, device):
+        where = f"loss became {loss.item()}" if not finite else "loss became NaN/inf on another rank"
+        raise TrainingDiverged(f"{where} at step {step} (epoch {epoch}); {_kept(ckpt_path)}; lower the learning "
+                               f"rate and run again with --resume")
 
 
 def _kept(ckpt_path: Path) -> str:
