@@ -76,3 +76,38 @@ def distilled_checkpoint(town, store_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled-session")
     distill(town, store_dir, out, tiny_distill_config(loss="similarity", epochs=1), quiet=True)
     return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """The tiny distillation config of the one-line-error tests (tests/helpers.py TINY), as a YAML file."""
+    from .helpers import TINY
+
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in TINY.items()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def run(town, store_dir, tiny_config, tmp_path_factory):
+    """A finished 1-epoch distill run folder (copy it before changing it)."""
+    from typer.testing import CliRunner
+
+    from relational_distill.cli import app
+
+    runner = CliRunner()
+    out = tmp_path_factory.mktemp("run") / "run"
+    r = runner.invoke(app, ["distill", str(town), "--features", str(store_dir), "--out", str(out),
+                            "--config", str(tiny_config), "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture()
+def store_copy(store_dir, tmp_path):
+    """A copy of the sim-clip:clean store, to damage."""
+    import shutil
+
+    dst = tmp_path / "features"
+    shutil.copytree(store_dir, dst)
+    return dst

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from relational_distill.engine.toy import ToyConfig, run_toy
 from relational_distill.errors import UserError
 
 from .conftest import tiny_distill_config
+from .helpers import one_line
 
 runner = CliRunner()
 
@@ -140,3 +142,28 @@ def test_teacher_ceiling_is_spelled_with_features(store_dir, tmp_path):
     assert json.loads((tmp_path / "t" / "teacher_zero_shot_val.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True)["miou"]
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher", str(store_dir)]), "--teacher-ceiling")
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher-ceiling"]), "--features STORE")
+
+
+# -- moved data -------------------------------------------------------------------------------------------------------
+def test_evaluate_and_analyze_find_moved_data(run, town, store_dir, tmp_path):
+    moved_town, moved_store = tmp_path / "moved-town", tmp_path / "moved-features"
+    shutil.copytree(town, moved_town)
+    shutil.copytree(store_dir, moved_store)
+    from dataclasses import replace
+
+    from relational_distill.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(run / "checkpoint.pt")
+    gone = replace(state.meta, dataroot=str(tmp_path / "gone-town"), features=str(tmp_path / "gone-features"))
+    save_checkpoint(ckpt, gone, state.model, state.epoch, state.step, state.training)
+    one_line(runner.invoke(app, ["evaluate", str(ckpt), "--zero-shot", "-q"]), 2, "gone-")
+    r = runner.invoke(app, ["evaluate", str(ckpt), "--zero-shot", "--features", str(moved_store), "--dataroot",
+                            str(moved_town), "--out", str(tmp_path / "zs"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["analyze", str(ckpt), "--features", str(moved_store), "--dataroot", str(moved_town),
+                            "--per-class", "100", "--out", str(tmp_path / "an"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "an" / "analysis.json").read_text())["features"] > 0
+
+

@@ -490,7 +490,6 @@ def test_camera_images(index, scratch, data):
         survives(lambda: read_rgb(path, tuple(cam["image_size"])), lambda im: im.size == tuple(cam["image_size"]))
 
 
-
 # -- regressions: what the fuzzer found, as plain cases -------------------------------------------------------------
 def test_regression_remission_that_overflows_when_scaled(kitti_root, tmp_path):
     """A remission of 3e38 is finite as float32 but inf once scaled to 0-255: refused when read."""

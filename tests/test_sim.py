@@ -5,12 +5,19 @@ import os
 
 import numpy as np
 from nuscenes.utils.data_classes import LidarPointCloud
+from typer.testing import CliRunner
 
 from relational_distill.classes import CLASS_NAMES
+from relational_distill.cli import app
 from relational_distill.data.index import CAMERAS
 from relational_distill.data.nuscenes import read_labels
 from relational_distill.sim.layout import FINE
 from relational_distill.sim.writer import SimConfig, make_town
+
+from .conftest import TOWN_IMAGE
+from .helpers import one_line
+
+runner = CliRunner()
 
 
 def test_devkit_loads_every_table(nusc):
@@ -82,3 +89,26 @@ def test_sidecar_matches_image_size(index):
     side = np.load(os.path.join(index.dataroot, "sim_sidecar", cam["image"][:-4] + ".npz"))
     assert side["category"].shape == (cam["image_size"][1], cam["image_size"][0])
     assert (side["category"] == 255).any() and (side["category"] == FINE["driveable_surface"]).any()
+
+
+# -- disk space -------------------------------------------------------------------------------------------------------
+def test_make_sim_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from relational_distill.sim import writer
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    r = runner.invoke(app, ["make-sim", str(tmp_path / "t"), "--scenes", "4", "-q"])
+    one_line(r, 2, "MiB free", "--scenes")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_sim_size_estimate_is_an_upper_bound_of_the_real_size(town):
+    from relational_distill.sim.writer import SimConfig, estimated_bytes
+
+    real = sum(p.stat().st_size for p in town.rglob("*") if p.is_file())
+    estimate = estimated_bytes(SimConfig(scenes=3, samples_per_scene=2, seed=3, image_size=TOWN_IMAGE))
+    assert real <= estimate <= 1.5 * real
+
+
