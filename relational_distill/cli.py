@@ -121,7 +121,7 @@ def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI
     """Counts of scenes, samples, points per class and point-pixel pairs per camera."""
     from .engine.inspect import inspect_dataset
 
-    result = inspect_dataset(dataroot, version, min_depth, quiet, dataset)
+    result = inspect_dataset(dataroot, version, min_depth=min_depth, quiet=quiet, dataset=dataset)
     _print_notes(result)
     per_split = ", ".join(f"{k} {v}" for k, v in result["samples_per_split"].items())
     print_table(f"{result['dataroot']} ({result['version']}): {result['scenes']} scenes, {result['samples']} samples "
@@ -220,8 +220,8 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
     cfg = load_config(DistillConfig, config, {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                               "num_pairs": num_pairs, "block_size": block_size, "preset": preset,
                                               "seed": seed, "workers": workers, "eval_every": eval_every})
-    result = run(dataroot, features, out, cfg, version, teacher, device, resume, quiet,
-                 use_test_scenes=use_test_scenes, overwrite=overwrite)
+    result = run(dataroot, features, out, cfg, version=version, teacher=teacher, device=device, resume=resume,
+                 quiet=quiet, use_test_scenes=use_test_scenes, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
@@ -292,11 +292,11 @@ def evaluate(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.
     if teacher_ceiling:
         name = f"teacher_zero_shot_{split}.json"
         path = _in_folder(out or features, name)
-        result = evaluate_teacher(features, dataroot, version, split, quiet)
+        result = evaluate_teacher(features, dataroot=dataroot, version=version, split=split, quiet=quiet)
     else:
         path = _in_folder(out or Path(checkpoint).parent, "zero_shot.json" if zero_shot else "evaluation.json")
-        result = run(checkpoint, zero_shot, dataroot, version, split, device, quiet, dataset, save_predictions,
-                     features=features)
+        result = run(checkpoint, zero_shot=zero_shot, dataroot=dataroot, version=version, split=split, device=device,
+                     quiet=quiet, dataset=dataset, save_predictions=save_predictions, features=features)
     _print_evaluation(result)
     write_result(path, result)
     stdout.print(f"result: {path}")
@@ -386,7 +386,8 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
                                                "seed": seed, "workers": workers,
                                                "linear_probe": linear_probe or None, "from_scratch": from_scratch or None,
                                                "lovasz": lovasz or None})
-    result = run(checkpoint, out, cfg, dataroot, version, device, resume, quiet, dataset, overwrite=overwrite)
+    result = run(checkpoint, out, cfg, dataroot=dataroot, version=version, device=device, resume=resume, quiet=quiet,
+                 dataset=dataset, overwrite=overwrite)
     if "evaluation" in result:
         used = (f"{len(result['train_frames'])} frames" if "train_frames" in result
                 else f"{len(result['train_scenes'])} scenes")
@@ -410,8 +411,8 @@ def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt
     """Uniformity, tolerance and modality gap of the 3D features against the teacher's 2D features, with a PCA plot."""
     from .engine.analyze import analyze as run
 
-    result = run(checkpoint, tuple(m.strip() for m in metrics.split(",") if m.strip()), per_class, split, out,
-                 device, quiet, features=features, dataroot=dataroot, version=version)
+    result = run(checkpoint, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), per_class=per_class,
+                 split=split, out=out, device=device, quiet=quiet, features=features, dataroot=dataroot, version=version)
     rows = []
     for name, key in (("uniformity U", "uniformity"), ("tolerance T", "tolerance")):
         if f"{key}_3d" in result:

@@ -58,7 +58,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", p
     return torch.cat(ks), torch.cat(qs), torch.cat(ys), meta
 
 
-def analyze(checkpoint: Path, metrics: tuple[str, ...] = METRICS, per_class: int = 5000, split: str = "val",
+def analyze(checkpoint: Path, *, metrics: tuple[str, ...] = METRICS, per_class: int = 5000, split: str = "val",
             out: Path | None = None, device: str = "cpu", quiet: bool = False, plot: bool = True,
             features: Path | None = None, dataroot: Path | None = None, version: str | None = None) -> dict:
     unknown = set(metrics) - set(METRICS)

@@ -78,7 +78,7 @@ class DistillConfig:
             raise UserError(f"head_bias={self.head_bias!r}: choose one of {', '.join(HEAD_BIASES)}")
 
 
-def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, version: str = TOWN_VERSION,
+def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, *, version: str = TOWN_VERSION,
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
             on_epoch_end=None, use_test_scenes: bool = False, overwrite: bool = False) -> dict:
     cfg.check()

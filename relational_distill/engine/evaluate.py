@@ -21,7 +21,7 @@ from ..student import load_student, require_same_classes
 from ..teachers.store import FeatureStore
 from .runtime import resolve_device
 
-def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = None, version: str | None = None,
+def evaluate(checkpoint: Path, *, zero_shot: bool = False, dataroot: Path | None = None, version: str | None = None,
              split: str = "val", device: str = "cpu", quiet: bool = False, dataset: str | None = None,
              save_predictions: Path | None = None, features: Path | None = None) -> dict:
     """Scores of ``checkpoint`` on ``split``; ``dataroot`` / ``version`` / ``features`` override the dataset and
@@ -68,7 +68,7 @@ def evaluate(checkpoint: Path, zero_shot: bool = False, dataroot: Path | None = 
     return {**result, **segmentation_result(conf, index)}
 
 
-def evaluate_teacher(features: Path, dataroot: Path | None = None, version: str | None = None, split: str = "val",
+def evaluate_teacher(features: Path, *, dataroot: Path | None = None, version: str | None = None, split: str = "val",
                      quiet: bool = False, min_depth: float = DEFAULT_MIN_DEPTH) -> dict:
     """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (pairs at least
     ``min_depth`` metres in front of a camera)."""

@@ -73,7 +73,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean() if losses else probs.sum() * 0
 
 
-def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, dataroot: Path | None = None,
+def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, *, dataroot: Path | None = None,
              version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
              dataset: str | None = None, overwrite: bool = False) -> dict:
     cfg.check()

@@ -11,7 +11,7 @@ from ..data.projection import pair_points
 from ..progress import progress_bar
 
 
-def inspect_dataset(dataroot: Path, version: str, min_depth: float = 1.0, quiet: bool = False,
+def inspect_dataset(dataroot: Path, version: str, *, min_depth: float = 1.0, quiet: bool = False,
                     dataset: str | None = None) -> dict:
     """Counts for a nuScenes or SemanticKITTI dataroot (scenes are SemanticKITTI's sequences)."""
     index = open_index(dataroot, version, dataset)
