@@ -135,10 +135,15 @@ def zero_shot_step(args, ckpt: Path, run: Path) -> dict:
     return cached(run / "zero_shot.json", lambda: evaluate(ckpt, zero_shot=True, device=args.device, quiet=True))
 
 
+def finetune_config(args, name: str, seed: int, **changes) -> FinetuneConfig:
+    """configs/<name>.yaml for this seed, its epochs times --scale, with ``changes``."""
+    cfg = load_config(FinetuneConfig, CONFIG_DIR / f"{name}.yaml", {})
+    return replace(cfg, seed=seed, workers=args.workers, epochs=cfg.epochs * args.scale, **changes)
+
+
 def finetune_id_step(args, ckpt: Path, run: Path, seed: int) -> dict:
     """Finetune at 1 % of the town's labels (``finetune_cpu.yaml``); the result, with its val evaluation."""
-    ft = load_config(FinetuneConfig, CONFIG_DIR / "finetune_cpu.yaml", {})
-    ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale, fraction=0.01)
+    ft = finetune_config(args, "finetune_cpu", seed, fraction=0.01)
     return cached(run / "finetune_id.json", lambda: _drop_heavy(
         finetune(ckpt, run / "ft-id", ft, device=args.device, resume=started(run / "ft-id"), quiet=True)))
 
@@ -159,14 +164,12 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
     ckpt = timed("distill", lambda: distill_step(args, town, features, run, variant, seed))
     zs = timed("zero_shot", lambda: zero_shot_step(args, ckpt, run))
     ft_id = timed("finetune_id", lambda: finetune_id_step(args, ckpt, run, seed))
-    ft = load_config(FinetuneConfig, CONFIG_DIR / "finetune_cpu.yaml", {})
-    ft = replace(ft, seed=seed, workers=args.workers, epochs=ft.epochs * args.scale)
     # 1 % of the SemanticKITTI-format town's training frames is one frame (every 100th): batches of one
+    ft = finetune_config(args, "finetune_cpu", seed, fraction=0.01, batch_size=1)
     ft_ood = timed("finetune_ood", lambda: cached(run / "finetune_ood.json", lambda: _drop_heavy(
-        finetune(ckpt, run / "ft-ood", replace(ft, fraction=0.01, batch_size=1), dataroot=town64, device=args.device,
+        finetune(ckpt, run / "ft-ood", ft, dataroot=town64, device=args.device,
                  resume=started(run / "ft-ood"), quiet=True))))
-    lp_cfg = load_config(FinetuneConfig, CONFIG_DIR / "linear_probe_cpu.yaml", {})
-    lp_cfg = replace(lp_cfg, seed=seed, workers=args.workers, epochs=lp_cfg.epochs * args.scale)
+    lp_cfg = finetune_config(args, "linear_probe_cpu", seed)
     lp = timed("linear_probe", lambda: cached(run / "linear_probe.json", lambda: _drop_heavy(
         finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=started(run / "lp"), quiet=True))))
     an = timed("analyze", lambda: cached(run / "analysis.json", lambda: analyze(
@@ -183,8 +186,7 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
 def run_upper_bound(seed: int, args) -> float:
     """The supervised upper bound: the student from scratch on 100 % of the seed's town's labels; its val mIoU."""
     town, _ = towns(args, seed)
-    cfg = load_config(FinetuneConfig, CONFIG_DIR / "upper_bound_cpu.yaml", {})
-    cfg = replace(cfg, seed=seed, workers=args.workers, epochs=cfg.epochs * args.scale)
+    cfg = finetune_config(args, "upper_bound_cpu", seed)
     run = args.out / "towns" / f"seed{seed}" / "upper-bound"
     result = cached(run / "finetune.json", lambda: _drop_heavy(
         finetune(None, run / "run", cfg, dataroot=town, device=args.device, resume=started(run / "run"),
