@@ -42,7 +42,7 @@ def child(args) -> None:
     cfg = load_config(DistillConfig, Path(args.config), overrides)
     result = distill(Path(args.town), Path(args.features), Path(args.out), cfg, device=args.device, quiet=True)
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else _peak_rss()
-    print(json.dumps({"samples_per_second": result["samples_per_second"], "peak_bytes": peak}))
+    print(json.dumps({"samples_per_second": result.samples_per_second, "peak_bytes": peak}))
 
 
 def prepare(town: Path, features: Path) -> None:

@@ -47,6 +47,7 @@ from relational_distill.engine.finetune import FinetuneConfig, finetune
 from relational_distill.engine.precompute import PrecomputeConfig, precompute
 from relational_distill.io import atomic_write_json, atomic_write_text
 from relational_distill.report import markdown_table
+from relational_distill.results import Result
 from relational_distill.sim.kitti_writer import make_kitti_town
 from relational_distill.sim.writer import SimConfig, make_town
 from relational_distill.teachers.store import FeatureStore
@@ -57,12 +58,14 @@ OOD_SEED_OFFSET = 100  # the SemanticKITTI-format town of seed S is made with se
 
 
 def cached(path: Path, fn):
-    """Run ``fn`` unless ``path`` (its JSON result) exists; return the result. The seconds ``fn`` took are kept
-    beside it (``<path>.seconds``), so a resumed comparison still reports what each step cost."""
+    """Run ``fn`` unless ``path`` (its JSON result) exists; return the result as JSON (a dict, whether read back
+    or just made by ``fn``, which may return a typed result). The seconds ``fn`` took are kept beside it
+    (``<path>.seconds``), so a resumed comparison still reports what each step cost."""
     if path.exists():
         return json.loads(path.read_text())
     start = time.perf_counter()
     result = fn()
+    result = result.to_json() if isinstance(result, Result) else result
     atomic_write_json(path, result)
     atomic_write_text(path.with_name(path.name + ".seconds"), f"{time.perf_counter() - start:.1f}\n")
     return result
@@ -210,9 +213,11 @@ def run_task(kind: str, seed: int, args, teacher: str | None = None, ceiling: fl
     return row
 
 
-def _drop_heavy(result: dict) -> dict:
-    result.get("evaluation", {}).pop("confusion", None)
-    return result
+def _drop_heavy(result: Result) -> dict:
+    """``result`` as JSON without its evaluation's confusion matrix (the comparison keeps the scores)."""
+    data = result.to_json()
+    (data.get("evaluation") or {}).pop("confusion", None)
+    return data
 
 
 def pearson(x: list[float], y: list[float]) -> float:

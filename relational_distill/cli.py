@@ -14,6 +14,7 @@ from .data.town import TOWN_VERSION
 from .errors import UserError, user_message
 from .interrupt import Interrupted, stop_on_signals
 from .report import print_table, stdout, write_result
+from .results import Evaluation
 
 app = typer.Typer(help="Distill a 2D foundation model (CLIP) into a sparse 3D lidar backbone, and evaluate it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -122,15 +123,15 @@ def inspect(dataroot: Path = typer.Argument(..., help="nuScenes or SemanticKITTI
     from .engine.inspect import inspect_dataset
 
     result = inspect_dataset(dataroot, version, min_depth=min_depth, quiet=quiet, dataset=dataset)
-    _print_notes(result)
-    per_split = ", ".join(f"{k} {v}" for k, v in result["samples_per_split"].items())
-    print_table(f"{result['dataroot']} ({result['version']}): {result['scenes']} scenes, {result['samples']} samples "
+    _print_notes(result.notes)
+    per_split = ", ".join(f"{k} {v}" for k, v in result.samples_per_split.items())
+    print_table(f"{result.dataroot} ({result.version}): {result.scenes} scenes, {result.samples} samples "
                 f"({per_split})",
                 ["class", "points", "share"],
-                [(k, v, v / max(result["points"], 1)) for k, v in result["points_per_class"].items()])
-    print_table("point-pixel pairs", ["camera", "pairs"], list(result["pairs_per_camera"].items()))
-    stdout.print(f"{result['paired_points']} of {result['points']} lidar points "
-                 f"({100 * result['paired_fraction']:.1f} %) are paired with at least one camera pixel")
+                [(k, v, v / max(result.points, 1)) for k, v in result.points_per_class.items()])
+    print_table("point-pixel pairs", ["camera", "pairs"], list(result.pairs_per_camera.items()))
+    stdout.print(f"{result.paired_points} of {result.points} lidar points "
+                 f"({100 * result.paired_fraction:.1f} %) are paired with at least one camera pixel")
     if out:
         write_result(_in_folder(out, "inspect.json"), result)
 
@@ -171,23 +172,24 @@ def precompute(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                                   image_size=_parse_size(image_size), device=device, shard=_parse_shard(shard),
                                   batch_size=batch_size, prompts=prompts, activation=activation,
                                   superpixels=superpixels, quiet=quiet))
-    stdout.print(f"computed {result['computed']} samples, kept {result['skipped']} already stored (sha256 verified) "
-                 f"({result['seconds']:.1f} s)")
-    if "superpixels" in result:
-        sp = result["superpixels"]
+    stdout.print(f"computed {result.computed} samples, kept {result.skipped} already stored (sha256 verified) "
+                 f"({result.seconds:.1f} s)")
+    if result.superpixels:
+        sp = result.superpixels
         stdout.print(f"superpixels ({sp['segments']} per image): computed {sp['computed']} samples, skipped "
                      f"{sp['skipped']}, in {sp['store']}")
-    if not result["complete"]:
-        stdout.print(f"{result['missing']} samples still missing (other shards?); run again to finish")
+    if not result.complete:
+        stdout.print(f"{result.missing} samples still missing (other shards?); run again to finish")
         return
-    label = " (synthetic)" if result["synthetic"] else ""
-    print_table(f"teacher {result['teacher']}{label}", ["metric", "value"],
-                [("uniformity U", result["uniformity"]), ("tolerance T", result["tolerance"]),
-                 ("2D zero-shot accuracy", result["zero_shot_pixel_accuracy"]),
-                 ("zero-shot mIoU at lidar-paired val points", result["teacher_zero_shot_miou"]
-                  if result["teacher_zero_shot_miou"] is not None else result["teacher_zero_shot_note"]),
-                 ("samples", result["samples"]),
-                 ("bytes on disk", result["bytes_on_disk"]), ("bytes per sample", result["bytes_per_sample"])])
+    summary = result.summary
+    label = " (synthetic)" if summary.synthetic else ""
+    print_table(f"teacher {result.teacher}{label}", ["metric", "value"],
+                [("uniformity U", summary.uniformity), ("tolerance T", summary.tolerance),
+                 ("2D zero-shot accuracy", summary.zero_shot_pixel_accuracy),
+                 ("zero-shot mIoU at lidar-paired val points", summary.teacher_zero_shot_miou
+                  if summary.teacher_zero_shot_miou is not None else summary.teacher_zero_shot_note),
+                 ("samples", summary.samples),
+                 ("bytes on disk", summary.bytes_on_disk), ("bytes per sample", summary.bytes_per_sample)])
     stdout.print(f"summary: {Path(out) / 'summary.json'}")
 
 
@@ -224,9 +226,10 @@ def distill(dataroot: Path = typer.Argument(..., help="nuScenes dataroot."),
                  quiet=quiet, use_test_scenes=use_test_scenes, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
-    print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result["synthetic"] else ""),
-                ["epoch", "mean loss"], [(e["epoch"] + 1, e["mean_loss"]) for e in result["epochs"]])
-    stdout.print(f"checkpoint: {result['checkpoint']}  ({result['samples_per_second']:.2f} samples/s)")
+    print_table(f"distill --loss {cfg.loss}" + (" (synthetic)" if result.synthetic else ""),
+                ["epoch", "mean loss"], [(e["epoch"] + 1, e["mean_loss"]) for e in result.epochs])
+    speed = f"{result.samples_per_second:.2f} samples/s" if result.samples_per_second else "nothing left to train"
+    stdout.print(f"checkpoint: {result.checkpoint}  ({speed})")
 
 
 def _in_folder(out: Path, name: str) -> Path:
@@ -238,25 +241,25 @@ def _in_folder(out: Path, name: str) -> Path:
     return out / name
 
 
-def _print_notes(result: dict) -> None:
-    for note in result.get("notes", []):
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
         stdout.print(f"note: {note}")
 
 
-def _print_evaluation(result: dict) -> None:
-    label = " (synthetic)" if result["synthetic"] else ""
-    _print_notes(result)
-    if result.get("predictions"):
-        stdout.print(f"predictions ({result['predictions']['files']} files) in {result['predictions']['folder']}")
-    if result["miou"] is None and "miou_null_reason" not in result:
-        stdout.print(f"split '{result['split']}' has no labels: predictions written, nothing scored")
+def _print_evaluation(result: Evaluation) -> None:
+    label = " (synthetic)" if result.synthetic else ""
+    _print_notes(result.notes)
+    if result.predictions:
+        stdout.print(f"predictions ({result.predictions['files']} files) in {result.predictions['folder']}")
+    if not result.scored:
+        stdout.print(f"split '{result.split}' has no labels: predictions written, nothing scored")
         return
-    rows = [(name, "absent" if iou is None else iou) for name, iou in result["per_class_iou"].items()]
-    print_table(f"{result['mode']} segmentation on {result['split']} ({result['samples']} samples){label}",
-                ["class", "IoU"], rows + [("mIoU", result["miou"] if result["miou"] is not None
-                                           else f"none: {result['miou_null_reason']}")])
-    if result["absent_classes"]:
-        stdout.print(f"{result['miou_convention']}: {', '.join(result['absent_classes'])}")
+    rows = [(name, "absent" if iou is None else iou) for name, iou in result.per_class_iou.items()]
+    print_table(f"{result.mode} segmentation on {result.split} ({result.samples} samples){label}",
+                ["class", "IoU"], rows + [("mIoU", result.miou if result.miou is not None
+                                           else f"none: {result.miou_null_reason}")])
+    if result.absent_classes:
+        stdout.print(f"{result.miou_convention}: {', '.join(result.absent_classes)}")
 
 
 @app.command()
@@ -324,10 +327,10 @@ def render(checkpoint: Optional[Path] = typer.Argument(None, help="checkpoint.pt
 
     result = run(checkpoint, out=out, features=features, dataroot=dataroot, version=version, dataset=dataset,
                  split=split, sample=sample, device=device, min_depth=min_depth, quiet=quiet)
-    label = " (synthetic)" if result["synthetic"] else ""
-    score = f"mIoU {result['miou']:.4g}" if result["miou"] is not None else result["miou_null_reason"]
-    stdout.print(f"{result['mode']} on {result['scene']}, sample {result['sample']}{label}: {score}")
-    stdout.print(f"figures: {len(result['files']['cameras']) + 1} PNGs in {out}  result: {result['files']['json']}")
+    label = " (synthetic)" if result.synthetic else ""
+    score = f"mIoU {result.miou:.4g}" if result.miou is not None else result.miou_null_reason
+    stdout.print(f"{result.mode} on {result.scene}, sample {result.sample}{label}: {score}")
+    stdout.print(f"figures: {len(result.files['cameras']) + 1} PNGs in {out}  result: {result.files['json']}")
 
 
 @app.command()
@@ -352,12 +355,12 @@ def query(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled chec
     result = run(checkpoint, texts=text, classes=classes, out=out, features=features, dataroot=dataroot,
                  version=version, dataset=dataset, split=split, sample=sample, prompts=prompts, device=device,
                  min_depth=min_depth, quiet=quiet)
-    label = " (synthetic)" if result["synthetic"] else ""
-    for name, q in result["queries"].items():
+    label = " (synthetic)" if result.synthetic else ""
+    for name, q in result.queries.items():
         shown = "no point scored" if q["mean_score"] is None else \
             f"mean cosine {q['mean_score']:.3f}, max {q['max_score']:.3f}, answers most at {q['points_answering_most']} points"
-        stdout.print(f"'{name}' on {result['scene']}, sample {result['sample']}{label}: {shown}")
-    stdout.print(f"scores: {result['files']['scores']}  figures: {len(result['files']['cameras']) + 1} PNGs in {out}")
+        stdout.print(f"'{name}' on {result.scene}, sample {result.sample}{label}: {shown}")
+    stdout.print(f"scores: {result.files['scores']}  figures: {len(result.files['cameras']) + 1} PNGs in {out}")
 
 
 @app.command()
@@ -388,12 +391,10 @@ def finetune(checkpoint: Optional[Path] = typer.Argument(None, help="Distilled c
                                                "lovasz": lovasz or None})
     result = run(checkpoint, out, cfg, dataroot=dataroot, version=version, device=device, resume=resume, quiet=quiet,
                  dataset=dataset, overwrite=overwrite)
-    if "evaluation" in result:
-        used = (f"{len(result['train_frames'])} frames" if "train_frames" in result
-                else f"{len(result['train_scenes'])} scenes")
-        stdout.print(f"{result['mode']} on {used} ({result['train_samples']} samples, "
-                     f"fraction {cfg.fraction}, {result['dataset']})")
-        _print_evaluation(result["evaluation"])
+    if result.evaluation is not None:  # under torchrun, rank 0 evaluates and reports
+        stdout.print(f"{result.mode} on {result.trained_on} ({result.train_samples} samples, "
+                     f"fraction {cfg.fraction}, {result.dataset})")
+        _print_evaluation(result.evaluation)
         stdout.print(f"result: {Path(out) / 'finetune.json'}")
 
 
@@ -414,15 +415,16 @@ def analyze(checkpoint: Path = typer.Argument(..., help="Distilled checkpoint.pt
     result = run(checkpoint, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), per_class=per_class,
                  split=split, out=out, device=device, quiet=quiet, features=features, dataroot=dataroot, version=version)
     rows = []
-    for name, key in (("uniformity U", "uniformity"), ("tolerance T", "tolerance")):
-        if f"{key}_3d" in result:
-            rows.append((name, result[f"{key}_3d"], result[f"{key}_2d"]))
-    if "modality_gap" in result:
-        rows.append(("modality gap G", result["modality_gap"], ""))
-    label = " (synthetic)" if result["synthetic"] else ""
-    print_table(f"structure of {result['features']} paired features{label}", ["metric", "3D student", "2D teacher"], rows)
-    stdout.print(f"plot: {result.get('plot')}  result: {Path(result['plot']).parent / 'analysis.json'}"
-                 if result.get("plot") else "")
+    if "uniformity" in result.metrics:
+        rows.append(("uniformity U", result.uniformity_3d, result.uniformity_2d))
+    if "tolerance" in result.metrics:
+        rows.append(("tolerance T", result.tolerance_3d, result.tolerance_2d))
+    if "gap" in result.metrics:
+        rows.append(("modality gap G", result.modality_gap, ""))
+    label = " (synthetic)" if result.synthetic else ""
+    print_table(f"structure of {result.pairs} paired features{label}", ["metric", "3D student", "2D teacher"],
+                [tuple("undefined" if v is None else v for v in row) for row in rows])
+    stdout.print(f"plot: {result.plot}  result: {Path(result.plot).parent / 'analysis.json'}" if result.plot else "")
 
 
 @app.command()

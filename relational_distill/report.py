@@ -28,9 +28,10 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_result(path: Path, result: dict) -> Path:
-    """Write ``result`` as JSON at ``path`` (atomically) and return the path."""
-    atomic_write_json(Path(path), result)
+def write_result(path: Path, result) -> Path:
+    """Write ``result`` (a dict, or a typed result of results.py) as JSON at ``path`` (atomically) and return the
+    path."""
+    atomic_write_json(Path(path), result.to_json() if hasattr(result, "to_json") else result)
     return Path(path)
 
 

@@ -10,6 +10,7 @@ from .checkpoint import CheckpointMeta
 from .data.dataset import load_sample
 from .metrics.segmentation import confusion_matrix, miou, miou_semantickitti
 from .progress import progress_bar
+from .results import Score
 from .student import predict, zero_shot_labels
 from .teachers.store import FeatureStore
 
@@ -19,18 +20,18 @@ ABSENT_RULE = {"nuscenes": "left out of the mean (absent from both prediction an
                                 "prediction and ground truth)"}
 
 
-def segmentation_result(conf: torch.Tensor, index) -> dict:
-    """mIoU by the dataset's convention, per-class IoU (None for a class absent from prediction and ground truth
-    where that convention leaves it out), the absent classes and the confusion matrix. Without a single labelled
-    point the mIoU is None, with ``miou_null_reason``."""
+def segmentation_result(conf: torch.Tensor, index) -> Score:
+    """The :class:`Score` of confusion matrix ``conf`` by the dataset's convention: per-class IoU (None for a class
+    absent from prediction and ground truth where that convention leaves it out), the absent classes and the
+    matrix. Without a single labelled point the mIoU is None, with ``miou_null_reason``."""
     iou, mean = (miou_semantickitti if index.dataset == "semantickitti" else miou)(conf)
     union = conf.sum(0) + conf.sum(1) - conf.diagonal()
     absent = [name for i, name in enumerate(index.class_names, 1) if union[i] == 0]
-    score = ({"miou": None, "miou_null_reason": "no labelled point in the split"} if math.isnan(mean)
-             else {"miou": mean})  # JSON has no NaN
-    return {**score, "absent_classes": absent, "confusion": conf.tolist(),
-            "per_class_iou": {n: (None if math.isnan(iou[i]) else float(iou[i]))
-                              for i, n in enumerate(index.class_names, 1)}}
+    unscored = math.isnan(mean)  # JSON has no NaN
+    return Score(miou=None if unscored else mean, miou_null_reason="no labelled point in the split" if unscored else None,
+                 absent_classes=absent, confusion=conf.tolist(),
+                 per_class_iou={n: (None if math.isnan(iou[i]) else float(iou[i]))
+                                for i, n in enumerate(index.class_names, 1)})
 
 
 @torch.no_grad()

@@ -152,7 +152,7 @@ def test_one_distill_epoch_on_cuda_with_amp(town, store_dir, tmp_path, loss, opt
     and finite weights."""
     cfg = tiny_distill_config(loss=loss, epochs=1, **options)
     result = distill(town, store_dir, tmp_path / "run", cfg, device="cuda", quiet=True)
-    assert result["steps"] >= 1 and np.isfinite(result["epochs"][0]["mean_loss"])
+    assert result.steps >= 1 and np.isfinite(result.epochs[0]["mean_loss"])
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
@@ -193,7 +193,7 @@ def test_resumed_cuda_run_ends_where_an_uninterrupted_one_does(town, store_dir, 
         distill(town, store_dir, tmp_path / "b", cfg, device="cuda", quiet=True, on_epoch_end=stop)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt").epoch == 1
     resumed = distill(town, store_dir, tmp_path / "b", cfg, device="cuda", quiet=True, resume=True)
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in resumed.epochs] == [0, 1]
     init, a, a2, b = (_weights(tmp_path / name / "checkpoint.pt") for name in ("init", "a", "a2", "b"))
     moved, noise, gap = float((a - init).norm()), float((a2 - a).norm()), float((b - a).norm())
     numbers = f"|A - init| {moved:.3g}, |A' - A| {noise:.3g}, |B - A| {gap:.3g}"
@@ -229,7 +229,7 @@ def test_precompute_on_cuda_equals_cpu(town, tmp_path, index):
         out = tmp_path / device
         result = precompute(PrecomputeConfig(dataroot=town, out=out, teacher=spec, image_size=TOWN_IMAGE,
                                              device=device, activation="gelu", summary_per_class=100, quiet=True))
-        assert result["complete"] and result["computed"] == len(index.samples)
+        assert result.complete and result.computed == len(index.samples)
         stores[device] = FeatureStore.open(out, teacher=spec)
     cpu, gpu = stores["cpu"], stores["cuda"]
     assert gpu.manifest.weights_hash == cpu.manifest.weights_hash

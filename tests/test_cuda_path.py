@@ -210,7 +210,7 @@ def step_calls(town, store_dir, tmp_path_factory) -> HostCopies:
             result = distill(town, store_dir, tmp_path_factory.mktemp("cuda-path"), cfg, quiet=True)
     finally:
         distill_module.train = real_train
-    assert result["steps"] >= 1
+    assert result.steps >= 1
     return rec
 
 

@@ -25,10 +25,10 @@ runner = CliRunner()
 def test_each_loss_lowers_its_loss(town, store_dir, tmp_path, loss):
     cfg = tiny_distill_config(loss=loss, epochs=4, augment=False, block_size=128 if loss != "similarity" else None)
     result = distill(town, store_dir, tmp_path / loss, cfg, quiet=True)
-    losses = [e["mean_loss"] for e in result["epochs"]]
+    losses = [e["mean_loss"] for e in result.epochs]
     assert losses[-1] < losses[0], losses
     log = [json.loads(line) for line in (tmp_path / loss / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == list(range(1, result["steps"] + 1))
+    assert [r["step"] for r in log] == list(range(1, result.steps + 1))
     assert json.loads((tmp_path / loss / "distill.json").read_text())["loss"] == loss
 
 
@@ -43,7 +43,7 @@ def test_killed_run_resumes_to_the_same_weights(town, store_dir, tmp_path):
         distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, on_epoch_end=kill)
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt").epoch == 1
     resumed = distill(town, store_dir, tmp_path / "killed", cfg, quiet=True, resume=True)
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in resumed.epochs] == [0, 1]
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt").model
     b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt").model
     for key in a:
@@ -110,14 +110,14 @@ def test_slidr_superpixel_contrastive_trains_from_stored_superpixels(town, store
         distill(town, features, tmp_path / "missing", cfg, quiet=True)
     result = precompute(PrecomputeConfig(dataroot=town, out=features, teacher="sim-clip:clean", image_size=TOWN_IMAGE,
                                          superpixels=30, summary_per_class=100, quiet=True))
-    assert result["computed"] == 0 and result["superpixels"]["computed"] > 0
+    assert result.computed == 0 and result.superpixels["computed"] > 0
 
     def no_slic(*args, **kwargs):
         raise AssertionError("SLIC ran during training")
 
     monkeypatch.setattr(superpixel_module, "slic_superpixels", no_slic)
     result = distill(town, features, tmp_path / "slidr", cfg, quiet=True)
-    assert result["steps"] > 0 and all(e["mean_loss"] > 0 for e in result["epochs"])
+    assert result.steps > 0 and all(e["mean_loss"] > 0 for e in result.epochs)
     with pytest.raises(Exception, match="contrastive only"):
         distill(town, features, tmp_path / "bad", tiny_distill_config(loss="relational", superpixels=30), quiet=True)
 
@@ -158,14 +158,14 @@ def test_eval_every_rows_survive_a_kill_and_resume(town, store_dir, tmp_path):
         distill(town, store_dir, tmp_path / "run", cfg, quiet=True, on_epoch_end=kill)
     resumed = distill(town, store_dir, tmp_path / "run", cfg, quiet=True, resume=True)
     steps, evals = read_log(tmp_path / "run" / "log.jsonl")
-    per_epoch = resumed["steps"] // 2
-    assert [r["step"] for r in steps] == list(range(1, resumed["steps"] + 1))
+    per_epoch = resumed.steps // 2
+    assert [r["step"] for r in steps] == list(range(1, resumed.steps + 1))
     assert [(r["step"], r["epoch"]) for r in evals] == [(per_epoch, 0), (2 * per_epoch, 1)]
     assert all(set(r) == {"step", "epoch", "val_zero_shot_miou", "uniformity", "tolerance", "modality_gap"}
                for r in evals)
     assert all(0.0 <= r["val_zero_shot_miou"] <= 1.0 for r in evals)
     means = [sum(r["loss"] for r in steps if r["epoch"] == e) / per_epoch for e in (0, 1)]
-    assert [e["mean_loss"] for e in resumed["epochs"]] == pytest.approx(means, rel=1e-12)
+    assert [e["mean_loss"] for e in resumed.epochs] == pytest.approx(means, rel=1e-12)
     assert plot_runs([tmp_path / "run"], tmp_path / "curves.png").stat().st_size > 0
 
 
@@ -176,7 +176,7 @@ def test_eval_every_logs_the_zero_shot_miou_evaluate_reports(town, store_dir, tm
     cfg = tiny_distill_config(loss="similarity", epochs=1, eval_every=1)
     distill(town, store_dir, tmp_path / "run", cfg, quiet=True)
     _, evals = read_log(tmp_path / "run" / "log.jsonl")
-    want = evaluate(tmp_path / "run" / "checkpoint.pt", zero_shot=True, quiet=True)["miou"]
+    want = evaluate(tmp_path / "run" / "checkpoint.pt", zero_shot=True, quiet=True).miou
     assert len(evals) == 1 and evals[0]["val_zero_shot_miou"] == pytest.approx(want, abs=1e-12)
 
 

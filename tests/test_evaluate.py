@@ -42,10 +42,10 @@ def town64(tmp_path_factory):
 
 def test_zero_shot_evaluation(distilled):
     result = evaluate(distilled, zero_shot=True, quiet=True)
-    assert result["mode"] == "zero-shot" and 0 <= result["miou"] <= 1
-    ious = [v for v in result["per_class_iou"].values() if v is not None]
-    assert result["miou"] == pytest.approx(sum(ious) / len(ious))
-    assert sum(map(sum, result["confusion"])) > 1000
+    assert result.mode == "zero-shot" and 0 <= result.miou <= 1
+    ious = [v for v in result.per_class_iou.values() if v is not None]
+    assert result.miou == pytest.approx(sum(ious) / len(ious))
+    assert sum(map(sum, result.confusion)) > 1000
 
 
 def test_distilled_checkpoint_needs_zero_shot_flag(distilled):
@@ -75,16 +75,16 @@ def test_finetune_modes(distilled, town, town64, tmp_path, mode):
     ckpt = None if mode == "from-scratch" else distilled
     root = town64 if mode == "out-of-distribution" else (town if mode == "from-scratch" else None)
     result = finetune(ckpt, tmp_path / "ft", cfg, dataroot=root, quiet=True)
-    ev = result["evaluation"]
-    assert ev["mode"] == "head" and not math.isnan(ev["miou"])
+    ev = result.evaluation
+    assert ev.mode == "head" and not math.isnan(ev.miou)
     # 1 % of a town with 2 training scenes: SLidR's rule keeps none, so the first training scene in table order
     town_index = load_index(town64 if mode == "out-of-distribution" else town, "v1.0-sim")
     first = next(name for name in town_index.scenes if name in {s["scene"] for s in town_index.split("train")})
-    assert result["train_scenes"] == [first] and "keeps none" in result["few_shot_rule"]
+    assert result.train_scenes == [first] and "keeps none" in result.few_shot_rule
     if mode == "out-of-distribution":
-        assert ev["dataroot"] == str(town64.resolve())
+        assert ev.dataroot == str(town64.resolve())
     saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
-    assert saved["evaluation"]["miou"] == ev["miou"] and saved["train_scenes"] == [first]
+    assert saved["evaluation"]["miou"] == ev.miou and saved["train_scenes"] == [first]
 
 
 def test_linear_probe_keeps_backbone_frozen(distilled, tmp_path):
@@ -102,9 +102,16 @@ def test_linear_probe_keeps_backbone_frozen(distilled, tmp_path):
 def test_analyze_writes_json_and_plot(distilled, tmp_path):
     result = analyze(distilled, per_class=300, out=tmp_path / "an", quiet=True)
     for key in ("uniformity_3d", "uniformity_2d", "tolerance_3d", "tolerance_2d", "modality_gap"):
-        assert key in result
+        assert isinstance(getattr(result, key), float)
+    assert result.null_reasons == {} and result.pairs == sum(result.class_counts.values())
     assert (tmp_path / "an" / "analysis.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "an" / "analysis.json").read_text())["synthetic"] is True
+    saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert saved == result.to_json() and saved["synthetic"] is True
+    # a metric not asked for is null with its reason, in the file as in the result
+    gap_only = analyze(distilled, metrics=("gap",), per_class=300, out=tmp_path / "gap", quiet=True, plot=False)
+    assert gap_only.modality_gap == pytest.approx(result.modality_gap, rel=1e-6) and gap_only.uniformity_3d is None
+    assert set(gap_only.null_reasons) == {"uniformity_3d", "uniformity_2d", "tolerance_3d", "tolerance_2d"}
+    assert json.loads((tmp_path / "gap" / "analysis.json").read_text())["tolerance_2d"] is None
 
 
 def test_cli_evaluate_and_analyze(distilled, tmp_path):
@@ -139,7 +146,7 @@ def test_teacher_ceiling_is_spelled_with_features(store_dir, tmp_path):
     r = runner.invoke(app, ["evaluate", "--features", str(store_dir), "--teacher-ceiling", "-q",
                             "--out", str(tmp_path / "t")])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "t" / "teacher_zero_shot_val.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True)["miou"]
+    assert json.loads((tmp_path / "t" / "teacher_zero_shot_val.json").read_text())["miou"] == evaluate_teacher(store_dir, quiet=True).miou
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher", str(store_dir)]), "--teacher-ceiling")
     _one_line_error(runner.invoke(app, ["evaluate", "--teacher-ceiling"]), "--features STORE")
 
@@ -164,6 +171,6 @@ def test_evaluate_and_analyze_find_moved_data(run, town, store_dir, tmp_path):
     r = runner.invoke(app, ["analyze", str(ckpt), "--features", str(moved_store), "--dataroot", str(moved_town),
                             "--per-class", "100", "--out", str(tmp_path / "an"), "-q"])
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "an" / "analysis.json").read_text())["features"] > 0
+    assert json.loads((tmp_path / "an" / "analysis.json").read_text())["pairs"] > 0
 
 

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relational_distill"
 
 # Lowest first. A module may import modules of its own layer and of the layers before it.
 LAYERS = [
-    ("base", ["errors", "io", "store", "classes", "interrupt", "progress", "threads", "config", "checkpoint", "report"]),
+    ("base", ["errors", "io", "store", "classes", "interrupt", "progress", "threads", "config", "checkpoint", "report",
+              "results"]),
     ("data", ["data"]),
     ("sim", ["sim"]),
     ("teachers", ["teachers"]),

@@ -48,7 +48,7 @@ def test_resume_redoes_only_missing_and_truncated(store_dir, index):
     untouched = store.path(index.samples[0]["token"]).stat().st_mtime_ns
     result = precompute(PrecomputeConfig(dataroot=index.dataroot, out=store_dir, teacher="sim-clip:clean",
                                          image_size=IMAGE, summary_per_class=500, quiet=True))
-    assert result["computed"] == 2 and result["skipped"] == len(index.samples) - 2
+    assert result.computed == 2 and result.skipped == len(index.samples) - 2
     assert store.is_valid(gone) and store.is_valid(cut)
     assert store.path(index.samples[0]["token"]).stat().st_mtime_ns == untouched
 
@@ -56,10 +56,10 @@ def test_resume_redoes_only_missing_and_truncated(store_dir, index):
 def test_shards_split_the_work(town, tmp_path, index):
     out = tmp_path / "sharded"
     r0 = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, shard=(0, 2), quiet=True))
-    assert not r0["complete"] and r0["computed"] == (len(index.samples) + 1) // 2
+    assert not r0.complete and r0.computed == (len(index.samples) + 1) // 2
     r1 = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, shard=(1, 2), summary_per_class=200,
                                      quiet=True))
-    assert r1["complete"] and r0["computed"] + r1["computed"] == len(index.samples)
+    assert r1.complete and r0.computed + r1.computed == len(index.samples)
 
 
 def test_other_teacher_is_refused(store_dir):
@@ -100,7 +100,7 @@ def test_openclip_teacher_end_to_end(town, tmp_path, index):
     out = tmp_path / "clip"
     result = precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-vit", image_size=IMAGE,
                                          summary_per_class=200, quiet=True))
-    assert result["complete"] and result["computed"] == len(index.samples)
+    assert result.complete and result.computed == len(index.samples)
     store = FeatureStore.open(out, teacher="openclip:rdistill-tiny-vit")
     assert store.read(index.samples[0]["token"]).shape == (6, 32, IMAGE[1] // 16, IMAGE[0] // 16)
     classes, text = store.text_embeddings()
@@ -119,7 +119,7 @@ def test_resnet_teacher_makes_a_store_of_its_width(town, tmp_path, index):
     out = tmp_path / "rn"
     result = precompute(PrecomputeConfig(dataroot=town, out=out, teacher="openclip:rdistill-tiny-rn",
                                          image_size=(192, 96), summary_per_class=100, quiet=True))
-    assert result["complete"]
+    assert result.complete
     store = FeatureStore.open(out, teacher="openclip:rdistill-tiny-rn")
     assert store.manifest.dim == 32 and store.manifest.grid == (3, 6) and store.manifest.activation == "gelu"
     feats = store.read(index.samples[0]["token"])
@@ -247,7 +247,7 @@ def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, in
     out = tmp_path / "features"
     result = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
                                          summary_per_class=100, quiet=True))
-    assert result["superpixels"]["computed"] == len(index.samples)
+    assert result.superpixels["computed"] == len(index.samples)
     store = SuperpixelStore.open(SuperpixelStore.folder(out, 20), 20, "v1.0-sim")
     sample = index.samples[0]
     cams = camera_list(sample)
@@ -270,7 +270,7 @@ def test_superpixels_are_computed_once_into_a_resumable_store(town, tmp_path, in
         store.read(index.samples[3]["token"])
     again = precompute(PrecomputeConfig(dataroot=town, out=out, image_size=IMAGE, superpixels=20,
                                         summary_per_class=100, quiet=True))
-    assert again["computed"] == 0 and again["superpixels"]["computed"] == 3
+    assert again.computed == 0 and again.superpixels["computed"] == 3
     with pytest.raises(UserError, match="--superpixels 30"):
         SuperpixelStore.open(SuperpixelStore.folder(out, 30), 30, "v1.0-sim")
     with pytest.raises(UserError, match="not 20 for 'v1.0-trainval'"):
@@ -303,7 +303,7 @@ def test_teacher_zero_shot_miou_against_a_brute_force_loop(store_dir, index):
     want = sum(ious) / len(ious)
     summary = json.loads((store_dir / "summary.json").read_text())
     assert summary["teacher_zero_shot_miou"] == pytest.approx(want, abs=1e-12)
-    assert evaluate_teacher(store_dir, quiet=True)["miou"] == pytest.approx(want, abs=1e-12)
+    assert evaluate_teacher(store_dir, quiet=True).miou == pytest.approx(want, abs=1e-12)
 
 
 def test_concurrent_precomputes_lock_per_shard(town, index, tmp_path):

@@ -50,11 +50,11 @@ def test_devkit_scores_saved_predictions_like_rdistill(mode, nusc, distilled_che
     assert meta == {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
                     "use_external": mode == "zero-shot"}  # from scratch: no pretrained image model
     tokens = town_eval_set(nusc, "val")
-    assert len(list((out / "lidarseg" / "val").iterdir())) == len(tokens) == result["samples"]
+    assert len(list((out / "lidarseg" / "val").iterdir())) == len(tokens) == result.samples
     sd = nusc.get("sample_data", nusc.get("sample", tokens[0])["data"]["LIDAR_TOP"])
     pred = np.fromfile(out / "lidarseg" / "val" / f"{sd['token']}_lidarseg.bin", np.uint8)
     assert len(pred) == LidarPointCloud.from_file(str(Path(nusc.dataroot) / sd["filename"])).points.shape[1]
     evaluator = LidarSegEval(nusc, str(out), "val")
     devkit = evaluator.evaluate()
-    np.testing.assert_array_equal(evaluator.global_cm.global_cm, np.array(result["confusion"]))
-    assert result["miou"] == pytest.approx(devkit["miou"], rel=1e-6)  # the devkit divides in float32
+    np.testing.assert_array_equal(evaluator.global_cm.global_cm, np.array(result.confusion))
+    assert result.miou == pytest.approx(devkit["miou"], rel=1e-6)  # the devkit divides in float32

@@ -74,10 +74,10 @@ def test_openclip_scores_are_features_at_the_text_towers_embeddings(clip_store, 
                    for s in synonyms for t in templates]
         text.append(F.normalize(torch.stack(emb).mean(0), dim=0))
     rec = index.split("val")[1]
-    assert result["sample"] == rec["token"]
+    assert result.sample == rec["token"]
     first = _first_pairs(load_sample(index, rec, FeatureStore.open(clip_store)))
     scores = saved["scores"]
-    assert len(scores) == result["points"] and len(first) == result["points_scored"] > 50
+    assert len(scores) == result.points and len(first) == result.points_scored > 50
     for p in range(len(scores)):
         if p in first:
             expected = [float(first[p] @ t) for t in text]
@@ -101,7 +101,7 @@ def test_student_scores_and_the_simulated_teachers_words(distilled_checkpoint, i
     for p in range(0, len(points), 97):
         expected = [float(F.normalize(out[p], dim=0) @ t) for t in expected_text]
         np.testing.assert_allclose(saved["scores"][p], expected, atol=2e-5)
-    assert result["points_scored"] == len(points) and (saved["best"] >= 0).all()
+    assert result.points_scored == len(points) and (saved["best"] >= 0).all()
     written = json.loads((tmp_path / "query.json").read_text())
     assert written["mode"] == "student" and set(written["queries"]) == {"car", "Driveable surface", "vehicle"}
     assert (tmp_path / "bev.png").exists() and len(written["files"]["cameras"]) == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,16 +86,16 @@ def zero_shot_render(distilled_checkpoint, tmp_path_factory):
 def test_render_a_distilled_student(zero_shot_render, index):
     result, out = zero_shot_render
     first_val = index.split("val")[0]
-    assert result["mode"] == "zero-shot" and result["sample"] == first_val["token"] and result["synthetic"]
-    assert 0 <= result["miou"] <= 1 and result["pairs"] > 0
-    assert json.loads((out / "render.json").read_text()) == result
-    assert result["files"]["json"] == str(out / "render.json")
+    assert result.mode == "zero-shot" and result.sample == first_val["token"] and result.synthetic
+    assert 0 <= result.miou <= 1 and result.pairs > 0
+    assert json.loads((out / "render.json").read_text()) == result.to_json()
+    assert result.files["json"] == str(out / "render.json")
     bev = _png(out / "bev.png")
     assert bev.shape[1::-1] == bev_size(3)
     assert len(np.unique(bev.reshape(-1, 3), axis=0)) > 20
-    assert sorted(result["files"]["cameras"]) == sorted(first_val["cameras"])
+    assert sorted(result.files["cameras"]) == sorted(first_val["cameras"])
     colors = class_colors("nuscenes")
-    for name, path in result["files"]["cameras"].items():
+    for name, path in result.files["cameras"].items():
         assert path == str(out / f"cam_{name}.png")
         image = _png(path)
         assert image.shape[1::-1] == camera_size(tuple(first_val["cameras"][name]["image_size"]), 3)
@@ -112,10 +113,10 @@ def test_render_the_teacher_from_its_store(store_dir, index, tmp_path):
     scene = index.split("val")[0]["scene"]
     result = render(None, features=store_dir, sample=scene, out=tmp_path, quiet=True)
     first = next(s for s in index.samples if s["scene"] == scene)
-    assert result["mode"] == "teacher zero-shot" and result["sample"] == first["token"]
-    assert result["features"] == str(store_dir) and "checkpoint" not in result
-    assert 0 <= result["miou"] <= 1 and sum(map(sum, result["confusion"])) <= result["pairs"]
-    assert (tmp_path / "bev.png").stat().st_size > 0 and len(result["files"]["cameras"]) == 6
+    assert result.mode == "teacher zero-shot" and result.sample == first["token"]
+    assert result.features == str(store_dir) and result.checkpoint is None
+    assert 0 <= result.miou <= 1 and sum(map(sum, result.confusion)) <= result.pairs
+    assert (tmp_path / "bev.png").stat().st_size > 0 and len(result.files["cameras"]) == 6
     assert json.loads((tmp_path / "render.json").read_text())["sample"] == first["token"]
 
 
@@ -125,7 +126,7 @@ def test_evaluation_plots(zero_shot_render, tmp_path):
     assert sorted(paths) == ["confusion", "iou"]
     for path in paths.values():
         assert _png(path).std() > 10
-    assert evaluation_plots({**result, "confusion": None, "per_class_iou": None, "miou": None}, tmp_path / "x") == {}
+    assert evaluation_plots(replace(result, confusion=None, per_class_iou=None, miou=None), tmp_path / "x") == {}
 
 
 def test_a_sample_by_token_scene_or_index_into_the_split(index):

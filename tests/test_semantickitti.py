@@ -181,11 +181,11 @@ def test_few_shot_keeps_every_kth_frame_of_the_sorted_list():
 def test_finetune_evaluate_and_official_iou(kitti, tmp_path):
     cfg = FinetuneConfig(fraction=0.5, epochs=1, batch_size=1, workers=0, from_scratch=True)
     result = finetune(None, tmp_path / "ft", cfg, dataroot=kitti, quiet=True)
-    assert result["train_frames"] == ["00/000000", "00/000002"]
-    assert result["evaluation"]["dataset"] == "semantickitti"
+    assert result.train_frames == ["00/000000", "00/000002"]
+    assert result.evaluation.dataset == "semantickitti"
     ev = evaluate(tmp_path / "ft" / "checkpoint.pt", save_predictions=tmp_path / "pred", quiet=True)
-    assert "counted as 0" in ev["miou_convention"] and len(ev["per_class_iou"]) == 19
-    assert ev["absent_classes"] and all(ev["per_class_iou"][name] == 0.0 for name in ev["absent_classes"])
+    assert "counted as 0" in ev.miou_convention and len(ev.per_class_iou) == 19
+    assert ev.absent_classes and all(ev.per_class_iou[name] == 0.0 for name in ev.absent_classes)
     labels = sorted((tmp_path / "pred" / "sequences" / "08" / "predictions").iterdir())
     assert [p.name for p in labels] == ["000000.label", "000001.label"]
     assert all(p.stat().st_size == (kitti / "sequences/08/velodyne" / p.name).with_suffix(".bin").stat().st_size // 4
@@ -193,8 +193,8 @@ def test_finetune_evaluate_and_official_iou(kitti, tmp_path):
     predicted = np.fromfile(labels[0], np.uint32)
     assert set(np.unique(predicted)) <= set(OFFICIAL_LEARNING_MAP_INV.values()) - {0}
     reference, conf = official_iou(kitti, tmp_path / "pred", ["08"])
-    np.testing.assert_array_equal(np.array(ev["confusion"]).T, conf)
-    assert ev["miou"] == pytest.approx(reference, rel=1e-12, abs=1e-15)  # the reference adds 1e-15 to unions
+    np.testing.assert_array_equal(np.array(ev.confusion).T, conf)
+    assert ev.miou == pytest.approx(reference, rel=1e-12, abs=1e-15)  # the reference adds 1e-15 to unions
 
 
 def test_test_split_predictions_only(kitti, tmp_path):
@@ -203,7 +203,7 @@ def test_test_split_predictions_only(kitti, tmp_path):
     with pytest.raises(UserError, match="no labels"):
         evaluate(tmp_path / "ft" / "checkpoint.pt", split="test", quiet=True)
     ev = evaluate(tmp_path / "ft" / "checkpoint.pt", split="test", save_predictions=tmp_path / "pred", quiet=True)
-    assert ev["miou"] is None and (tmp_path / "pred/sequences/11/predictions/000000.label").exists()
+    assert ev.miou is None and (tmp_path / "pred/sequences/11/predictions/000000.label").exists()
 
 
 def test_nuscenes_classes_are_refused_on_kitti(distilled_checkpoint, kitti):

@@ -19,11 +19,13 @@ from ..errors import UserError
 from ..metrics.structure import modality_gap, sample_per_class, tolerance, uniformity
 from ..progress import progress_bar
 from ..report import save_figure, write_result
+from ..results import Analysis
 from ..student import load_student, point_outputs
 from ..teachers.store import FeatureStore
 from .runtime import resolve_device
 
 METRICS = ("uniformity", "tolerance", "gap")
+VALUES = ("uniformity_3d", "uniformity_2d", "tolerance_3d", "tolerance_2d", "modality_gap")  # what METRICS fill
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def paired_features(checkpoint: Path, split: str = "val", device: str = "cpu", p
 
 def analyze(checkpoint: Path, *, metrics: tuple[str, ...] = METRICS, per_class: int = 5000, split: str = "val",
             out: Path | None = None, device: str = "cpu", quiet: bool = False, plot: bool = True,
-            features: Path | None = None, dataroot: Path | None = None, version: str | None = None) -> dict:
+            features: Path | None = None, dataroot: Path | None = None, version: str | None = None) -> Analysis:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
@@ -69,29 +71,31 @@ def analyze(checkpoint: Path, *, metrics: tuple[str, ...] = METRICS, per_class: 
                                     version=version)
     pick = sample_per_class(y, per_class)
     k, q, y = k[pick], q[pick], y[pick]
-    result: dict = {"checkpoint": str(checkpoint), "split": split, "features_per_class": per_class,
-                    "features": int(len(pick)), "teacher": meta.teacher_id,
-                    "synthetic": is_synthetic_town(dataroot or meta.dataroot),
-                    "class_counts": {CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)}}
+    values = {}
     if "uniformity" in metrics:
-        result["uniformity_3d"] = uniformity(k, block_size=4096)
-        result["uniformity_2d"] = uniformity(q, block_size=4096)
+        values.update(uniformity_3d=uniformity(k, block_size=4096), uniformity_2d=uniformity(q, block_size=4096))
     if "tolerance" in metrics:
-        result["tolerance_3d"] = tolerance(k, y)
-        result["tolerance_2d"] = tolerance(q, y)
+        values.update(tolerance_3d=tolerance(k, y), tolerance_2d=tolerance(q, y))
     if "gap" in metrics:
-        result["modality_gap"] = modality_gap(k, q)
-    for key in [k for k, v in result.items() if isinstance(v, float) and math.isnan(v)]:
-        result[key] = None  # JSON has no NaN: null, with the reason
-        result.setdefault("null_reasons", {})[key] = "undefined on these features (too few features per class)"
+        values.update(modality_gap=modality_gap(k, q))
+    null_reasons = {key: "not asked for (--metrics)" for key in VALUES if key not in values}
+    for key, value in values.items():
+        if math.isnan(value):  # JSON has no NaN: null, with the reason
+            values[key] = None
+            null_reasons[key] = "undefined on these features (too few features per class)"
+    result = Analysis(checkpoint=str(checkpoint), features=str(features or meta.features), split=split, teacher=meta.teacher_id,
+                      synthetic=is_synthetic_town(dataroot or meta.dataroot), metrics=list(metrics),
+                      pairs_per_class=per_class, pairs=int(len(pick)),
+                      class_counts={CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)},
+                      **values, null_reasons=null_reasons)
     out = Path(out) if out else Path(checkpoint).parent / "analysis"
     if plot:
-        result["plot"] = str(pca_plot(k, q, y, out / "analysis.png", result))
+        result.plot = str(pca_plot(k, q, y, out / "analysis.png", result))
     write_result(out / "analysis.json", result)
     return result
 
 
-def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numbers: dict,
+def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numbers: Analysis,
              max_points: int = 6000) -> Path:
     """Both feature sets projected on the first two principal components of their union, coloured by class."""
     import matplotlib
@@ -117,13 +121,13 @@ def pca_plot(k: torch.Tensor, q: torch.Tensor, y: torch.Tensor, path: Path, numb
         ax.set_xlabel("PC 1")
     axes[0].set_ylabel("PC 2")
     caption = []
-    if "uniformity_3d" in numbers:
-        caption.append(f"U 3D {numbers['uniformity_3d']:.3f} / 2D {numbers['uniformity_2d']:.3f}")
-    if "tolerance_3d" in numbers:
-        caption.append(f"T 3D {numbers['tolerance_3d']:.3f} / 2D {numbers['tolerance_2d']:.3f}")
-    if "modality_gap" in numbers:
-        caption.append(f"gap {numbers['modality_gap']:.3f}")
-    synthetic = " (synthetic town)" if numbers.get("synthetic") else ""
+    if numbers.uniformity_3d is not None and numbers.uniformity_2d is not None:
+        caption.append(f"U 3D {numbers.uniformity_3d:.3f} / 2D {numbers.uniformity_2d:.3f}")
+    if numbers.tolerance_3d is not None and numbers.tolerance_2d is not None:
+        caption.append(f"T 3D {numbers.tolerance_3d:.3f} / 2D {numbers.tolerance_2d:.3f}")
+    if numbers.modality_gap is not None:
+        caption.append(f"gap {numbers.modality_gap:.3f}")
+    synthetic = " (synthetic town)" if numbers.synthetic else ""
     fig.suptitle("PCA of paired features" + synthetic + "\n" + ", ".join(caption))
     axes[1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()

@@ -22,6 +22,7 @@ from ..metrics.structure import modality_gap, sample_per_class, tolerance, unifo
 from ..models.sparse_unet import PRESETS, Student
 from ..models.voxels import VoxelConfig
 from ..report import write_result
+from ..results import Distillation
 from ..scoring import segmentation_confusion, segmentation_result
 from ..student import VoxelisingCollate, point_outputs
 from ..teachers.store import FeatureStore
@@ -80,7 +81,7 @@ class DistillConfig:
 
 def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, *, version: str = TOWN_VERSION,
             teacher: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-            on_epoch_end=None, use_test_scenes: bool = False, overwrite: bool = False) -> dict:
+            on_epoch_end=None, use_test_scenes: bool = False, overwrite: bool = False) -> Distillation:
     cfg.check()
     device = resolve_device(device)
     index = load_index(dataroot, version)
@@ -135,10 +136,11 @@ def distill(dataroot: Path, features: Path, out: Path, cfg: DistillConfig, *, ve
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, overwrite=overwrite, quiet=quiet)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    result = train(loop, model, [{"params": trainable, "lr": cfg.lr}], cfg.weight_decay, dataset, step,
-                   meta, on_epoch, VoxelisingCollate(model.voxel))
-    result.update({"loss": cfg.loss, "teacher": store.manifest.teacher_id, "train_samples": len(train_samples),
-                   "synthetic": is_synthetic_town(index.dataroot), "config": asdict(cfg)})
+    run = train(loop, model, [{"params": trainable, "lr": cfg.lr}], cfg.weight_decay, dataset, step, meta, on_epoch,
+                VoxelisingCollate(model.voxel))
+    result = Distillation(**vars(run), loss=cfg.loss, teacher=store.manifest.teacher_id,
+                          train_samples=len(train_samples), synthetic=is_synthetic_town(index.dataroot),
+                          config=asdict(cfg))
     if ranks.main:
         write_result(Path(out) / "distill.json", result)
     return result
@@ -202,6 +204,6 @@ class ValMonitor:
         k = torch.cat([F.normalize(point_outputs(model, it["points"].to(self.device)), dim=1)[it["pair_point"]].cpu()
                        for it in self.items])[self.pick]
         model.train(was_training)
-        return {"val_zero_shot_miou": segmentation_result(conf, self.index)["miou"], "uniformity": uniformity(k, block_size=4096),
+        return {"val_zero_shot_miou": segmentation_result(conf, self.index).miou, "uniformity": uniformity(k, block_size=4096),
                 "tolerance": tolerance(k, self.y), "modality_gap": modality_gap(k, self.q)}
 

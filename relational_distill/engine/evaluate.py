@@ -16,6 +16,7 @@ from ..data.splits import require_labels
 from ..data.submission import PredictionWriter
 from ..data.town import is_synthetic_town
 from ..errors import UserError
+from ..results import Evaluation, Score
 from ..scoring import ABSENT_RULE, segmentation_confusion, segmentation_result, teacher_confusion
 from ..student import load_student, require_same_classes
 from ..teachers.store import FeatureStore
@@ -23,7 +24,7 @@ from .runtime import resolve_device
 
 def evaluate(checkpoint: Path, *, zero_shot: bool = False, dataroot: Path | None = None, version: str | None = None,
              split: str = "val", device: str = "cpu", quiet: bool = False, dataset: str | None = None,
-             save_predictions: Path | None = None, features: Path | None = None) -> dict:
+             save_predictions: Path | None = None, features: Path | None = None) -> Evaluation:
     """Scores of ``checkpoint`` on ``split``; ``dataroot`` / ``version`` / ``features`` override the dataset and
     feature store recorded in the checkpoint (moved data, or another dataset)."""
     device = resolve_device(device)
@@ -59,17 +60,16 @@ def evaluate(checkpoint: Path, *, zero_shot: bool = False, dataroot: Path | None
         if writer:
             writer.abort()
         raise
-    result = {"checkpoint": str(checkpoint), "mode": "zero-shot" if zero_shot else "head", "split": split,
-              "dataset": index.dataset, "dataroot": index.dataroot, "samples": len(samples),
-              "class_names": list(index.class_names), "miou_convention": ABSENT_RULE[index.dataset],
-              "predictions": written, "notes": list(index.notes), "synthetic": is_synthetic_town(index.dataroot)}
-    if not scored:  # a split without labels (test): predictions only
-        return {**result, "miou": None, "per_class_iou": None, "absent_classes": None, "confusion": None}
-    return {**result, **segmentation_result(conf, index)}
+    score = (segmentation_result(conf, index) if scored  # a split without labels (test): predictions only
+             else Score(miou=None, per_class_iou=None, absent_classes=None, confusion=None))
+    return Evaluation(**vars(score), checkpoint=str(checkpoint), mode="zero-shot" if zero_shot else "head",
+                      split=split, dataset=index.dataset, dataroot=index.dataroot, samples=len(samples),
+                      class_names=list(index.class_names), miou_convention=ABSENT_RULE[index.dataset],
+                      predictions=written, notes=list(index.notes), synthetic=is_synthetic_town(index.dataroot))
 
 
 def evaluate_teacher(features: Path, *, dataroot: Path | None = None, version: str | None = None, split: str = "val",
-                     quiet: bool = False, min_depth: float = DEFAULT_MIN_DEPTH) -> dict:
+                     quiet: bool = False, min_depth: float = DEFAULT_MIN_DEPTH) -> Evaluation:
     """The teacher ceiling: the teacher's zero-shot mIoU at the lidar-paired points of ``split`` (pairs at least
     ``min_depth`` metres in front of a camera)."""
     store = FeatureStore.open(features)
@@ -81,7 +81,7 @@ def evaluate_teacher(features: Path, *, dataroot: Path | None = None, version: s
         raise UserError(f"{index.dataroot}: no samples in split '{split}'")
     index.require_labels(samples, f"scoring the teacher on split '{split}'")
     conf = teacher_confusion(index, samples, store, min_depth, quiet)
-    return {"features": str(features), "teacher": store.manifest.teacher_id, "mode": "teacher zero-shot",
-            "split": split, "dataroot": index.dataroot, "samples": len(samples), **segmentation_result(conf, index),
-            "miou_convention": ABSENT_RULE[index.dataset],
-            "synthetic": is_synthetic_town(index.dataroot)}
+    return Evaluation(**vars(segmentation_result(conf, index)), features=str(features),
+                      teacher=store.manifest.teacher_id, mode="teacher zero-shot", split=split, dataset=index.dataset,
+                      dataroot=index.dataroot, samples=len(samples), miou_convention=ABSENT_RULE[index.dataset],
+                      synthetic=is_synthetic_town(index.dataroot))

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..models.sparse_unet import PRESETS, Student
 from ..models.voxels import VoxelConfig
 from ..report import write_result
+from ..results import Finetuning
 from ..student import VoxelisingCollate, load_weights, voxel_config
 from .evaluate import evaluate
 from .runtime import init_distributed, resolve_device
@@ -75,7 +76,7 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, *, dataroot: Path | None = None,
              version: str | None = None, device: str = "cpu", resume: bool = False, quiet: bool = False,
-             dataset: str | None = None, overwrite: bool = False) -> dict:
+             dataset: str | None = None, overwrite: bool = False) -> Finetuning:
     cfg.check()
     device = resolve_device(device)
     source = None
@@ -134,12 +135,11 @@ def finetune(checkpoint: Path | None, out: Path, cfg: FinetuneConfig, *, dataroo
     loop = LoopConfig(out=out, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
                       warmup_fraction=cfg.warmup_fraction, seed=cfg.seed, device=device, workers=cfg.workers,
                       resume=resume, overwrite=overwrite, quiet=quiet)
-    result = train(loop, model, groups, cfg.weight_decay, train_data, step, meta,
-                   collate_fn=VoxelisingCollate(model.voxel))
-    result.update({"train_samples": len(train_samples), **selection,
-                   "fraction": cfg.fraction, "mode": meta.kind, "from_scratch": cfg.from_scratch,
-                   "dataset": index.dataset, "notes": list(index.notes), "config": asdict(cfg)})
+    run = train(loop, model, groups, cfg.weight_decay, train_data, step, meta, collate_fn=VoxelisingCollate(model.voxel))
+    result = Finetuning(**vars(run), train_samples=len(train_samples), **selection, fraction=cfg.fraction,
+                        mode=meta.kind, from_scratch=cfg.from_scratch, dataset=index.dataset, notes=list(index.notes),
+                        config=asdict(cfg))
     if init_distributed(device).main:
-        result["evaluation"] = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)
+        result.evaluation = evaluate(Path(out) / "checkpoint.pt", device=device, quiet=quiet)
         write_result(Path(out) / "finetune.json", result)
     return result

@@ -27,6 +27,7 @@ from ..metrics.structure import sample_per_class, tolerance, uniformity
 from ..metrics.teacher_errors import error_statistics, mean_cosine_between_classes
 from ..progress import progress_bar
 from ..report import write_result
+from ..results import Precomputation, TeacherSummary
 from ..scoring import segmentation_result, teacher_confusion
 from ..student import zero_shot_labels
 from ..teachers.factory import make_teacher
@@ -53,7 +54,7 @@ class PrecomputeConfig:
     quiet: bool = False
 
 
-def precompute(cfg: PrecomputeConfig) -> dict:
+def precompute(cfg: PrecomputeConfig) -> Precomputation:
     """Fill the store; when every sample is present, measure the teacher and write ``summary.json``.
 
     Everything that can be refused (device, teacher, activation, image size) is checked before the store is
@@ -92,7 +93,7 @@ def precompute(cfg: PrecomputeConfig) -> dict:
             raise
 
 
-def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureStore, start: float) -> dict:
+def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureStore, start: float) -> Precomputation:
     """Write what this shard lacks (or what changed), and the superpixels when asked; then, once the store is
     complete, record every file's hash in the manifest and measure the teacher; a complete store whose files all
     verify keeps its summary."""
@@ -109,22 +110,26 @@ def _fill(cfg: PrecomputeConfig, index: DatasetIndex, teacher, store: FeatureSto
                 store.write(sample["token"], feats)
             bar.advance(len(chunk))
             check_interrupt()
-    result = {"teacher": teacher.teacher_id, "computed": len(todo), "skipped": len(mine) - len(todo),
-              "store": str(store.root)}
-    if cfg.superpixels:
-        result["superpixels"] = compute_superpixels(index, mine, store.root, cfg.superpixels, cfg.version, cfg.quiet)
+    superpixels = (compute_superpixels(index, mine, store.root, cfg.superpixels, cfg.version, cfg.quiet)
+                   if cfg.superpixels else None)
+
+    def outcome(**rest) -> Precomputation:
+        return Precomputation(teacher=teacher.teacher_id, computed=len(todo), skipped=len(mine) - len(todo),
+                              store=str(store.root), superpixels=superpixels, seconds=time.perf_counter() - start,
+                              **rest)
+
     done = {s["token"] for s in mine}
     missing = [s["token"] for s in index.samples if s["token"] not in done and not store.is_valid(s["token"])]
     if missing:
-        return {**result, "complete": False, "missing": len(missing), "seconds": time.perf_counter() - start}
+        return outcome(complete=False, missing=len(missing))
     with folder_lock(store.root, "feature store", wait=True):  # shards finishing at once record it in turn
         changed = store.record_files([s["token"] for s in index.samples])
         previous = _read_summary(store.root / "summary.json")
         if previous is not None and not (changed or todo or redone_text):  # a finished store, verified: only checked
-            return {**previous, **result, "complete": True, "seconds": time.perf_counter() - start}
-        result.update(teacher_summary(index, store, cfg.min_depth, cfg.summary_per_class, cfg.quiet))
-        result.update(teacher_ceiling(index, store, cfg.min_depth, cfg.quiet))
-        result.update(complete=True, seconds=time.perf_counter() - start)
+            return outcome(complete=True, summary=previous)
+        summary = TeacherSummary(**teacher_summary(index, store, cfg.min_depth, cfg.summary_per_class, cfg.quiet),
+                                 **teacher_ceiling(index, store, cfg.min_depth, cfg.quiet))
+        result = outcome(complete=True, summary=summary)
         write_result(store.root / "summary.json", result)
         return result
 
@@ -147,12 +152,13 @@ def compute_superpixels(index: DatasetIndex, samples: list[dict], features: Path
     return {"segments": segments, "computed": len(todo), "skipped": len(samples) - len(todo), "store": str(store.root)}
 
 
-def _read_summary(path: Path) -> dict | None:
+def _read_summary(path: Path) -> TeacherSummary | None:
+    """The summary in a complete store's summary.json; None (measure again) for a missing, broken or older one."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        return TeacherSummary.from_json(data) if isinstance(data, dict) and data.get("complete") else None
+    except (OSError, ValueError, RecursionError, TypeError):
         return None
-    return data if isinstance(data, dict) and data.get("complete") else None
 
 
 def teacher_summary(index: DatasetIndex, store: FeatureStore, min_depth: float, per_class: int = 5000,
@@ -191,7 +197,7 @@ def teacher_ceiling(index: DatasetIndex, store: FeatureStore, min_depth: float, 
         return {"teacher_zero_shot_miou": None,
                 "teacher_zero_shot_note": f"no labelled samples in split '{split}'"}
     res = segmentation_result(teacher_confusion(index, samples, store, min_depth, quiet), index)
-    note = {"teacher_zero_shot_note": res["miou_null_reason"]} if res["miou"] is None else {}
-    return {"teacher_zero_shot_miou": res["miou"], "teacher_zero_shot_split": split,
-            "teacher_zero_shot_per_class_iou": res["per_class_iou"], **note}
+    note = {"teacher_zero_shot_note": res.miou_null_reason} if res.miou is None else {}
+    return {"teacher_zero_shot_miou": res.miou, "teacher_zero_shot_split": split,
+            "teacher_zero_shot_per_class_iou": res.per_class_iou, **note}
 

@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..io import atomic_write
 from ..progress import progress_bar
 from ..report import write_result
+from ..results import QueryAnswer
 from ..student import load_student, point_outputs
 from ..teachers.queries import embed_queries, read_queries
 from ..teachers.store import FeatureStore
@@ -76,7 +77,7 @@ def _features(checkpoint: Path | None, features: Path | None, dataroot: Path | N
 def query(checkpoint: Path | None = None, *, texts: list[str], out: Path, classes: Path | None = None,
           features: Path | None = None, dataroot: Path | None = None, version: str | None = None,
           dataset: str | None = None, split: str = "val", sample: str = "0", prompts: Path | None = None,
-          device: str = "cpu", min_depth: float = DEFAULT_MIN_DEPTH, quiet: bool = False) -> dict:
+          device: str = "cpu", min_depth: float = DEFAULT_MIN_DEPTH, quiet: bool = False) -> QueryAnswer:
     """Score one sample's points against ``texts`` and the queries of the YAML ``classes`` (name -> synonyms);
     write query.npz, query.json and the PNGs into ``out``; return what query.json holds."""
     queries = read_queries(texts, classes)  # refuse an empty or broken query before loading anything
@@ -106,12 +107,13 @@ def query(checkpoint: Path | None = None, *, texts: list[str], out: Path, classe
              f"{'distilled student' if mode == 'student' else 'teacher at the paired pixels'}: "
              f"{rec['scene']}, sample {rec['token']}")
     scored = ~np.isnan(scores[:, 0])
-    result = {"mode": mode, **record, **how, "dataset": index.dataset, "dataroot": index.dataroot, "split": split,
-              "sample": rec["token"], "scene": rec["scene"], "points": len(points), "points_scored": int(scored.sum()),
-              "min_depth": min_depth, "synthetic": is_synthetic_town(index.dataroot),
-              "queries": {n: {"synonyms": queries[n], "mean_score": float(scores[scored, q].mean()) if scored.any()
-                              else None, "max_score": float(scores[scored, q].max()) if scored.any() else None,
-                              "points_answering_most": int((best == q).sum())} for q, n in enumerate(names)}}
+    result = QueryAnswer(
+        mode=mode, **record, **how, dataset=index.dataset, dataroot=index.dataroot, split=split, sample=rec["token"],
+        scene=rec["scene"], points=len(points), points_scored=int(scored.sum()), min_depth=min_depth,
+        synthetic=is_synthetic_town(index.dataroot),
+        queries={n: {"synonyms": queries[n], "mean_score": float(scores[scored, q].mean()) if scored.any() else None,
+                     "max_score": float(scores[scored, q].max()) if scored.any() else None,
+                     "points_answering_most": int((best == q).sum())} for q, n in enumerate(names)})
     files: dict = {"scores": str(out / "query.npz"), "cameras": {}}
     with progress_bar("query", 1 + len(cameras), quiet, unit="figures") as bar:
         files["bev"] = str(draw_bev(out / "bev.png", points.numpy(), _panels(scores, best, names,
@@ -128,7 +130,7 @@ def query(checkpoint: Path | None = None, *, texts: list[str], out: Path, classe
                                                             f"{cam['name']}: {title}"))
             bar.advance()
     files["json"] = str(out / "query.json")
-    result["files"] = files
+    result.files = files
     write_result(out / "query.json", result)
     return result
 

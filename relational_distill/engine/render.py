@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..metrics.segmentation import confusion_matrix
 from ..progress import progress_bar
 from ..report import save_figure, write_result
+from ..results import Evaluation, Rendering, Score
 from ..scoring import segmentation_result
 from ..student import load_student, predict, require_same_classes, zero_shot_labels
 from ..teachers.store import FeatureStore
@@ -152,7 +153,7 @@ def _predictor(checkpoint: Path | None, features: Path | None, dataroot: Path | 
 
 def render(checkpoint: Path | None = None, *, out: Path, features: Path | None = None, dataroot: Path | None = None,
            version: str | None = None, dataset: str | None = None, split: str = "val", sample: str = "0",
-           device: str = "cpu", min_depth: float = DEFAULT_MIN_DEPTH, quiet: bool = False) -> dict:
+           device: str = "cpu", min_depth: float = DEFAULT_MIN_DEPTH, quiet: bool = False) -> Rendering:
     """Draw one sample into ``out``: ``bev.png``, ``cam_<CAMERA>.png`` per camera and ``render.json``.
 
     ``sample`` is a token, a scene name or an index into ``split`` (:func:`find_sample`); ``dataroot`` /
@@ -182,15 +183,16 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
         scored_pred, scored_label = point_pred, labels
     colors = class_colors(index.dataset)
     synthetic = is_synthetic_town(index.dataroot)
-    result = {"mode": mode, **record, "dataset": index.dataset, "dataroot": index.dataroot, "split": split,
-              "sample": rec["token"], "scene": rec["scene"], "points": len(points), "pairs": len(point_idx),
-              "min_depth": min_depth, "labelled": labelled, "class_names": list(index.class_names),
-              "synthetic": synthetic}
     if labelled:
-        conf = confusion_matrix(torch.from_numpy(scored_pred), torch.from_numpy(scored_label), len(colors))
-        result.update(segmentation_result(conf, index))
+        score = segmentation_result(confusion_matrix(torch.from_numpy(scored_pred), torch.from_numpy(scored_label),
+                                                     len(colors)), index)
     else:
-        result.update({"miou": None, "miou_null_reason": "the sample has no labels"})
+        score = Score(miou=None, miou_null_reason="the sample has no labels", per_class_iou=None, absent_classes=None,
+                      confusion=None)
+    result = Rendering(**vars(score), mode=mode, **record, dataset=index.dataset, dataroot=index.dataroot, split=split,
+                       sample=rec["token"], scene=rec["scene"], points=len(points), pairs=len(point_idx),
+                       min_depth=min_depth, labelled=labelled, class_names=list(index.class_names),
+                       synthetic=synthetic)
     title = _figure_title(result)
     out = Path(out)
     files: dict = {"cameras": {}}
@@ -209,18 +211,17 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
             files["cameras"][cam["name"]] = str(path)
             bar.advance()
     files["json"] = str(out / "render.json")
-    result["files"] = files
+    result.files = files
     write_result(out / "render.json", result)
     return result
 
 
-def _figure_title(result: dict) -> str:
+def _figure_title(result: Rendering) -> str:
     what = {"zero-shot": "distilled student, zero-shot", "head": "finetuned student",
-            "teacher zero-shot": "teacher zero-shot at the paired pixels"}[result["mode"]]
-    town = "synthetic town, " if result["synthetic"] else ""
-    score = (f"sample mIoU {100 * result['miou']:.1f} %" if result["miou"] is not None
-             else result.get("miou_null_reason", ""))
-    return f"{town}{what}: {result['scene']}, sample {result['sample']}, {score}"
+            "teacher zero-shot": "teacher zero-shot at the paired pixels"}[result.mode]
+    town = "synthetic town, " if result.synthetic else ""
+    score = f"sample mIoU {100 * result.miou:.1f} %" if result.miou is not None else result.miou_null_reason or ""
+    return f"{town}{what}: {result.scene}, sample {result.sample}, {score}"
 
 
 def _status(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -356,23 +357,22 @@ def draw_camera(path: Path, image, uv: np.ndarray, panels: list, handles: list, 
     return save_figure(fig, path, dpi=DPI)
 
 
-def evaluation_plots(result: dict, out: Path) -> dict[str, str]:
+def evaluation_plots(result: Evaluation | Rendering, out: Path) -> dict[str, str]:
     """``iou.png`` (per-class IoU bars in the dataset's class colours, the mIoU as a line) and ``confusion.png``
     (the confusion matrix, each ground-truth row divided by its points: the share of a class predicted as each
-    class) in folder ``out``, from an evaluate result (``per_class_iou``, ``confusion`` (C + 1, C + 1) rows = ground
-    truth, ``class_names``, ``miou``). Returns {name: path}; empty for a result without scores (an unlabelled split)."""
-    if result.get("confusion") is None or result.get("per_class_iou") is None:
+    class) in folder ``out``, from an evaluate or render result (``per_class_iou``, ``confusion`` (C + 1, C + 1)
+    rows = ground truth, ``miou``). Returns {name: path}; empty for a result without scores (an unlabelled split)."""
+    if result.confusion is None or result.per_class_iou is None:
         return {}
-    names = list(result.get("class_names") or result["per_class_iou"])  # a teacher result has no class_names
-    colors = class_colors(result.get("dataset", "nuscenes"))[1:] / 255.0
-    town = "synthetic town, " if result.get("synthetic") else ""
-    miou = result.get("miou")
-    heading = (f"{town}{result.get('mode', '')} on {result.get('split', '')}: "
-               + (f"mIoU {100 * miou:.1f} %" if miou is not None else "no mIoU"))
+    names = list(result.per_class_iou)
+    colors = class_colors(result.dataset)[1:] / 255.0
+    town = "synthetic town, " if result.synthetic else ""
+    miou = result.miou
+    heading = f"{town}{result.mode} on {result.split}: " + (f"mIoU {100 * miou:.1f} %" if miou is not None else "no mIoU")
     out = Path(out)
     fig = _figure((1024, 512))
     ax = fig.add_axes((0.07, 0.32, 0.91, 0.58))
-    iou = [result["per_class_iou"][n] for n in names]
+    iou = [result.per_class_iou[n] for n in names]
     x = np.arange(len(names))
     ax.bar(x, [100 * (v or 0.0) for v in iou], color=colors, edgecolor="black", linewidth=0.5)
     for i, v in enumerate(iou):
@@ -386,7 +386,7 @@ def evaluation_plots(result: dict, out: Path) -> dict[str, str]:
     ax.set_title(heading, fontsize=10)
     paths = {"iou": str(save_figure(fig, out / "iou.png", dpi=DPI))}
 
-    conf = np.asarray(result["confusion"], np.float64)[1:, 1:]
+    conf = np.asarray(result.confusion, np.float64)[1:, 1:]
     rows = conf.sum(1, keepdims=True)
     share = np.divide(conf, rows, out=np.full_like(conf, np.nan), where=rows > 0)
     fig = _figure((896, 832))

@@ -29,6 +29,7 @@ from ..interrupt import Interrupted, check as check_interrupt, deferred as defer
 from ..io import folder_lock
 from ..progress import progress_bar
 from ..report import read_log
+from ..results import TrainingRun
 from ..student import load_weights
 from ..threads import training_threads
 from .runlog import LOG, RunLog
@@ -354,10 +355,10 @@ def train_in_folder(cfg: LoopConfig, model: torch.nn.Module, param_groups: list[
         if log:
             log.close()
     seconds = time.perf_counter() - started
-    return {"epochs": _epoch_means(log_path) if dinfo.main else epoch_losses, "steps": step, "seconds": seconds,
-            "samples_per_second": samples_seen / seconds if seconds > 0 else None,
-            "checkpoint": str(ckpt_path), "world_size": dinfo.world, "resume_changes": changed,
-            "rank_checksums": _rank_checksums(model, dinfo)}
+    return TrainingRun(epochs=_epoch_means(log_path) if dinfo.main else epoch_losses, steps=step, seconds=seconds,
+                       samples_per_second=samples_seen / seconds if seconds > 0 else None,
+                       checkpoint=str(ckpt_path), world_size=dinfo.world, resume_changes=changed,
+                       rank_checksums=_rank_checksums(model, dinfo))
 
 
 def _open_log(out: Path, previous: Checkpoint | None, changed: dict, start_epoch: int, step: int,
