@@ -90,9 +90,18 @@ def _jsonable(x: Any) -> Any:
 LOCK_FILE = ".rdistill.lock"
 
 
+def staging_folder(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path``: where a folder is written before it is renamed to ``path``, named as
+    :func:`atomic_write` names its temporary files (``.<name>.<random>.tmp``), so that one rule
+    (:func:`is_scratch_file`) tells every unfinished write from content."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def is_scratch_file(path: Path) -> bool:
-    """A lock file of :func:`folder_lock` (``.rdistill.lock``, ``.rdistill-<part>.lock``) or the temporary file of
-    an :func:`atomic_write` (``.<name>.<random>.tmp``, left behind by a killed writer): not content of a folder."""
+    """A lock file of :func:`folder_lock` (``.rdistill.lock``, ``.rdistill-<part>.lock``), or the temporary file of
+    an :func:`atomic_write` or :func:`staging_folder` (``.<name>.<random or pid>.tmp``, left behind by a killed
+    writer): not content of a folder."""
     name = Path(path).name
     return name.startswith(".") and (name.endswith(".tmp") or (name.startswith(".rdistill") and name.endswith(".lock")))
 

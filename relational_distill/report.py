@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .io import atomic_write_json
+from .io import atomic_write, atomic_write_json
 
 stdout = Console()
 
@@ -110,13 +110,11 @@ def plot_runs(runs: Sequence[Path], path: Path, smooth: int = 10) -> Path:
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG at ``path`` atomically (a temporary file renamed), close it, return path."""
+    """Write a matplotlib figure as PNG at ``path`` atomically (:func:`atomic_write`), close it, return path."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+    return Path(path)

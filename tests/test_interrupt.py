@@ -56,7 +56,7 @@ def test_make_sim_stops_with_its_workers_and_leaves_nothing(tmp_path, signum):
     out = tmp_path / "town"
     proc = _cli(["make-sim", str(out), "--scenes", "8", "--samples-per-scene", "3", "--image-size", "192x112",
                  "--workers", "2", "-q"])
-    _wait_for(lambda: len(_children(proc.pid)) >= 2 and list(tmp_path.glob("town.partial-*")), proc)
+    _wait_for(lambda: len(_children(proc.pid)) >= 2 and list(tmp_path.glob(".town.*.tmp")), proc)
     workers = _children(proc.pid)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)

@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointMeta
 from ..data.index import DatasetIndex
 from ..data.nuscenes import eval_set_name
 from ..data.semantickitti import learning_map
-from ..io import atomic_write_json
+from ..io import atomic_write_json, staging_folder
 
 
 def submission_meta(meta: CheckpointMeta) -> dict:
@@ -38,7 +38,7 @@ class PredictionWriter:
     def __init__(self, index: DatasetIndex, split: str, out: Path, meta: CheckpointMeta) -> None:
         self.index, self.out, self.meta = index, Path(out), meta
         self.eval_set = eval_set_name(index.version, split)
-        self.tmp = self.out / f".partial-{os.getpid()}"
+        self.tmp = staging_folder(self.out / "predictions")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.folders: set[str] = set()

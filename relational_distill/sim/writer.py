@@ -27,6 +27,7 @@ from ..data.index import CAMERAS
 from ..data.town import SIDECAR_DIR, SPLITS_FILE, TOWN_VERSION
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
+from ..io import staging_folder
 from .layout import ANNOTATED, PROFILES, SceneLayout, generate_scene
 from .sensors import (LIDARS, camera_calibration, camera_time_offset_us, lidar_calibration,
                       render_camera, scan_lidar)
@@ -261,7 +262,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     empty."""
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose a new folder or delete it")
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
+    tmp = staging_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
