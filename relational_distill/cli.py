@@ -108,7 +108,7 @@ def make_sim(out: Path = typer.Argument(..., help="Folder to create (must not ex
             summary = write(out, cfg, workers=workers, progress=lambda done, total: bar.advance())
     except FileExistsError as err:
         raise UserError(str(err)) from None
-    stdout.print(f"wrote synthetic town ({summary['samples']} samples, {scenes} scenes, lidar {lidar}, "
+    stdout.print(f"wrote synthetic town ({summary.samples} samples, {scenes} scenes, lidar {lidar}, "
                  f"{fmt} format) to {out}")
 
 
@@ -451,12 +451,12 @@ def toy(out: Path = typer.Option(Path("runs/toy"), help="Output folder for the p
 
     summary = run_toy(out, ToyConfig(iterations=iterations, seed=seed))
     rows = []
-    for setup, s in summary["setups"].items():
+    for setup, s in summary.setups.items():
         rows.append((setup, "source", s["source_uniformity"], s["source_tolerance"]))
         for loss in ("contrastive", "similarity", "relational"):
             rows.append((setup, loss, s[loss]["final_uniformity"], s[loss]["final_tolerance"]))
     print_table("toy experiment: final output space", ["setup", "space", "U", "T"], rows)
-    stdout.print("plots: " + ", ".join(summary["plots"]))
+    stdout.print("plots: " + ", ".join(summary.plots))
 
 
 def main() -> None:  # pragma: no cover

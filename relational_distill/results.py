@@ -248,3 +248,23 @@ class Inspection(Result):
     points_per_class: dict[str, int]
     pairs_per_camera: dict[str, int]
     notes: list[str]
+
+
+@dataclass(kw_only=True)
+class TownWritten(Result):
+    """What ``rdistill make-sim`` wrote: scenes, samples and the folder (and, in SemanticKITTI format, the frames
+    of each sequence)."""
+    OPTIONAL = ("sequences",)
+    scenes: int
+    samples: int
+    root: str
+    sequences: dict[str, int] | None = None
+
+
+@dataclass(kw_only=True)
+class ToyResult(Result):
+    """``rdistill toy``'s result (OUT/toy.json): per setup (1 and 3 clusters) the source space's U and T and, per
+    loss, the final U and T of the learnt space and its uniformity curve; the plots."""
+    config: dict
+    plots: list[str]
+    setups: dict[str, dict]

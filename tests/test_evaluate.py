@@ -131,7 +131,7 @@ def test_cli_evaluate_and_analyze(distilled, tmp_path):
 def test_toy_runs_and_contrastive_overspreads(tmp_path):
     summary = run_toy(tmp_path, ToyConfig(points_per_cluster=120, iterations=120))
     for setup in ("1-cluster", "3-cluster"):
-        s = summary["setups"][setup]
+        s = summary.setups[setup]
         assert s["contrastive"]["final_uniformity"] > s["source_uniformity"]
     assert all((tmp_path / name).exists() for name in ("toy.json", "toy_spaces.png", "toy_uniformity.png"))
 

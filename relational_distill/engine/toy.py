@@ -18,6 +18,7 @@ from torch import nn
 from ..losses import LOSS_NAMES, make_loss
 from ..metrics.structure import tolerance, uniformity
 from ..report import write_result
+from ..results import ToyResult
 
 
 @dataclass
@@ -86,14 +87,14 @@ def run_setup(clusters: int, cfg: ToyConfig) -> dict:
     return out
 
 
-def run_toy(out: Path, cfg: ToyConfig = ToyConfig()) -> dict:
+def run_toy(out: Path, cfg: ToyConfig = ToyConfig()) -> ToyResult:
     """Both setups (1 and 3 clusters), all three losses; writes toy.json, toy_spaces.png and toy_uniformity.png."""
     setups = {f"{c}-cluster": run_setup(c, cfg) for c in (1, 3)}
     out = Path(out)
     paths = plot_toy(setups, out)
-    summary = {"config": asdict(cfg), "plots": [str(p) for p in paths], "setups": {}}
+    summary = ToyResult(config=asdict(cfg), plots=[str(p) for p in paths], setups={})
     for name, s in setups.items():
-        summary["setups"][name] = {"source_uniformity": s["source"]["uniformity"],
+        summary.setups[name] = {"source_uniformity": s["source"]["uniformity"],
                                    "source_tolerance": s["source"]["tolerance"],
                                    **{loss: {"final_uniformity": r["final_uniformity"],
                                              "final_tolerance": r["final_tolerance"],

@@ -21,6 +21,7 @@ from PIL import Image
 from ..data.geometry import invert_transform, make_transform
 from ..data.town import SIDECAR_DIR
 from ..errors import UserError
+from ..results import TownWritten
 from .layout import FINE, SceneLayout
 from .sensors import LIDARS, camera_calibration, render_camera, scan_lidar
 from .writer import (SAMPLE_PERIOD_US, SimConfig, check_free_space, ego_to_local, render_scenes,
@@ -151,5 +152,5 @@ def make_kitti_town(out: Path, cfg: SimConfig, workers: int = 2,
         (tmp / SIDECAR_DIR / "generator.json").write_text(json.dumps(
             {"rdistill_sim": {**asdict(cfg), "format": "semantickitti"},
              "sequences": {q: len(p) for q, p in poses.items()}}, indent=1))
-    return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out),
-            "sequences": {q: len(p) for q, p in poses.items()}}
+    return TownWritten(scenes=cfg.scenes, samples=cfg.scenes * cfg.samples_per_scene, root=str(out),
+                       sequences={q: len(p) for q, p in poses.items()})

@@ -28,6 +28,7 @@ from ..data.town import SIDECAR_DIR, SPLITS_FILE, TOWN_VERSION
 from ..errors import UserError
 from ..interrupt import Interrupted, check as check_interrupt, ignore_signals_in_worker
 from ..io import staging_folder
+from ..results import TownWritten
 from .layout import ANNOTATED, PROFILES, SceneLayout, generate_scene
 from .sensors import (LIDARS, camera_calibration, camera_time_offset_us, lidar_calibration,
                       render_camera, scan_lidar)
@@ -278,8 +279,8 @@ def staged_folder(out: Path) -> Iterator[Path]:
 
 
 def make_town(out: Path, cfg: SimConfig, workers: int = 2,
-              progress: Callable[[int, int], None] | None = None) -> dict:
-    """Generate the town into ``out`` (which must not exist or be empty). Returns a small summary dict."""
+              progress: Callable[[int, int], None] | None = None) -> TownWritten:
+    """Generate the town into ``out`` (which must not exist or be empty); what was written."""
     out = Path(out)
     check_free_space(out, cfg)
     with staged_folder(out) as tmp:
@@ -301,7 +302,7 @@ def make_town(out: Path, cfg: SimConfig, workers: int = 2,
         splits = {"train": scene_names[: cfg.scenes - cfg.val_scenes], "val": scene_names[cfg.scenes - cfg.val_scenes:],
                   "version": cfg.version, "generator": {"rdistill_sim": asdict(cfg)}}
         (tmp / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
-    return {"scenes": cfg.scenes, "samples": cfg.scenes * cfg.samples_per_scene, "root": str(out)}
+    return TownWritten(scenes=cfg.scenes, samples=cfg.scenes * cfg.samples_per_scene, root=str(out))
 
 
 def _map_png() -> bytes:
