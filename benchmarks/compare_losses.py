@@ -332,6 +332,9 @@ def main() -> None:
                         help="a simulated or open_clip teacher spec, repeatable (default: sim-clip)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--scale", type=int, default=1, help="multiplies town size and epochs (GPU: 4 or more)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="distillation epochs (default: configs/distill_cpu.yaml's, times --scale); the finetune "
+                             "configs keep theirs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default=None, help="student preset (default: small, minkunet34 when --scale > 1)")
     parser.add_argument("--workers", type=int, default=1)
@@ -348,7 +351,7 @@ def main() -> None:
             plot(s, spec, args.out / f"results-{slug(spec)}.png")
         return
     args.preset = args.preset or ("small" if args.scale == 1 else "minkunet34")
-    args.epochs = load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {}).epochs * args.scale
+    args.epochs = args.epochs or load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {}).epochs * args.scale
     started = time.perf_counter()
     seeds = range(args.seeds)
     for seed in seeds:
@@ -365,8 +368,9 @@ def main() -> None:
     by_teacher = {t: summarise([rows[t, s, v] for s in seeds for v in VARIANTS], upper, [summaries[t, s] for s in seeds])
                   for t in teachers}
     command = (f"python benchmarks/compare_losses.py --out {args.out} --seeds {args.seeds} --scale {args.scale} "
-               + " ".join(f"--teacher {t}" for t in teachers))
+               f"--epochs {args.epochs} " + " ".join(f"--teacher {t}" for t in teachers))
     summary = {"synthetic": True, "date": date.today().isoformat(), "seeds": args.seeds, "scale": args.scale,
+               "distill_epochs": args.epochs,
                "by_teacher": by_teacher, "claims": {t: s["claims"] for t, s in by_teacher.items()},
                "seconds_total": time.perf_counter() - started, "command": command}
     write_outputs(summary, args.out)
