@@ -83,8 +83,9 @@ def analyze(checkpoint: Path, *, metrics: tuple[str, ...] = METRICS, per_class: 
         if math.isnan(value):  # JSON has no NaN: null, with the reason
             values[key] = None
             null_reasons[key] = "undefined on these features (too few features per class)"
-    result = Analysis(checkpoint=str(checkpoint), features=str(features or meta.features), split=split, teacher=meta.teacher_id,
-                      synthetic=is_synthetic_town(dataroot or meta.dataroot), metrics=list(metrics),
+    result = Analysis(checkpoint=str(checkpoint), features=str(features or meta.features), split=split,
+                      teacher=meta.teacher_id, synthetic=is_synthetic_town(dataroot or meta.dataroot),
+                      metrics=list(metrics),
                       pairs_per_class=per_class, pairs=int(len(pick)),
                       class_counts={CLASS_NAMES[int(c) - 1]: int((y == c).sum()) for c in torch.unique(y)},
                       **values, null_reasons=null_reasons)
