@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .io import atomic_write, atomic_write_json
+from .results import Result
 
 stdout = Console()
 
@@ -28,10 +29,10 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_result(path: Path, result) -> Path:
+def write_result(path: Path, result: dict | Result) -> Path:
     """Write ``result`` (a dict, or a typed result of results.py) as JSON at ``path`` (atomically) and return the
     path."""
-    atomic_write_json(Path(path), result.to_json() if hasattr(result, "to_json") else result)
+    atomic_write_json(Path(path), result.to_json() if isinstance(result, Result) else result)
     return Path(path)
 
 

@@ -40,6 +40,11 @@ class Score(Result):
     confusion: list[list[int]] | None
     miou_null_reason: str | None = None
 
+    @classmethod
+    def unscored(cls, reason: str | None = None) -> "Score":
+        """Nothing scored: a split without labels (no reason: predictions only), or ``reason`` why not."""
+        return cls(miou=None, miou_null_reason=reason, per_class_iou=None, absent_classes=None, confusion=None)
+
     @property
     def scored(self) -> bool:
         """False for a split without labels (predictions only); True, with a reason for a missing mIoU, otherwise."""

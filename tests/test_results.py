@@ -24,8 +24,9 @@ def test_a_reason_is_written_only_with_its_missing_value(index):
     scored = segmentation_result(conf, index)
     assert "miou_null_reason" not in scored.to_json()
     assert scored.per_class_iou[index.class_names[0]] == pytest.approx(3 / 4)  # 3 / (3 + 1 + 0)
-    unscored = Score(miou=None, per_class_iou=None, absent_classes=None, confusion=None)
+    unscored = Score.unscored()
     assert not unscored.scored and "miou_null_reason" not in unscored.to_json()
+    assert Score.unscored("no labels").scored and Score.unscored("no labels").to_json()["miou_null_reason"] == "no labels"
 
 
 def test_an_evaluation_is_flat_json_and_names_its_source():

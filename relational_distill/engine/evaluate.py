@@ -61,7 +61,7 @@ def evaluate(checkpoint: Path, *, zero_shot: bool = False, dataroot: Path | None
             writer.abort()
         raise
     score = (segmentation_result(conf, index) if scored  # a split without labels (test): predictions only
-             else Score(miou=None, per_class_iou=None, absent_classes=None, confusion=None))
+             else Score.unscored())
     return Evaluation(**vars(score), checkpoint=str(checkpoint), mode="zero-shot" if zero_shot else "head",
                       split=split, dataset=index.dataset, dataroot=index.dataroot, samples=len(samples),
                       class_names=list(index.class_names), miou_convention=ABSENT_RULE[index.dataset],

@@ -187,8 +187,7 @@ def render(checkpoint: Path | None = None, *, out: Path, features: Path | None =
         score = segmentation_result(confusion_matrix(torch.from_numpy(scored_pred), torch.from_numpy(scored_label),
                                                      len(colors)), index)
     else:
-        score = Score(miou=None, miou_null_reason="the sample has no labels", per_class_iou=None, absent_classes=None,
-                      confusion=None)
+        score = Score.unscored("the sample has no labels")
     result = Rendering(**vars(score), mode=mode, **record, dataset=index.dataset, dataroot=index.dataroot, split=split,
                        sample=rec["token"], scene=rec["scene"], points=len(points), pairs=len(point_idx),
                        min_depth=min_depth, labelled=labelled, class_names=list(index.class_names),
