@@ -17,7 +17,12 @@ Every number it produces is synthetic.
     .venv/bin/python benchmarks/compare_losses.py --out runs/compare-gpu --scale 4 --device cuda
 
 Runs are resumable: a step whose result JSON exists is not run again, so a second teacher added later reuses the
-towns and the upper bounds.
+towns and the upper bounds; a cached distillation made with other epochs, loss, seed or student stops the run
+before it starts. Comparisons run with different ``--epochs`` are combined, each teacher's block with its own
+protocol, by ``--merge``:
+
+    .venv/bin/python benchmarks/compare_losses.py --out docs/results \
+        --merge sim-clip=runs/compare64/results.json --merge sim-clip:clean=runs/compare2/results.json
 """
 from __future__ import annotations
 
@@ -123,12 +128,33 @@ def run_teacher(teacher: str, seed: int, args) -> dict:
     return summary
 
 
-def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> Path:
-    """Distill one student (``distill_cpu.yaml``; ``random-init``: 0 epochs) into ``run``; its checkpoint."""
+def distill_config(args, variant: str, seed: int) -> DistillConfig:
+    """``distill_cpu.yaml`` for one student (``random-init``: 0 epochs) of this comparison."""
     base = load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {})
-    cfg = replace(base, loss="relational" if variant == "random-init" else variant, seed=seed,
-                  epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
-    cached(run / "distill.json", lambda: _drop_heavy(
+    return replace(base, loss="relational" if variant == "random-init" else variant, seed=seed,
+                   epochs=0 if variant == "random-init" else args.epochs, preset=args.preset, workers=args.workers)
+
+
+def check_made_as_asked(made: Path, cfg: DistillConfig) -> None:
+    """A distillation cached by an earlier invocation (``made``, its distill.json) counts only if it was made with
+    this comparison's loss, epochs, seed and student; otherwise stop, naming the folder."""
+    if not made.exists():
+        return
+    old = json.loads(made.read_text())["config"]
+    differs = [(k, old.get(k), v) for k, v in (("loss", cfg.loss), ("epochs", cfg.epochs), ("seed", cfg.seed),
+                                                ("preset", cfg.preset)) if old.get(k) != v]
+    if differs:
+        raise SystemExit(f"{made}: made with " + ", ".join(f"{k} {a}" for k, a, _ in differs)
+                         + ", this comparison asks " + ", ".join(f"{k} {b}" for k, _, b in differs)
+                         + ": give another --out")
+
+
+def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> Path:
+    """Distill one student into ``run`` (or read it back, if it was made as asked); its checkpoint."""
+    cfg = distill_config(args, variant, seed)
+    made = run / "distill.json"
+    check_made_as_asked(made, cfg)
+    cached(made, lambda: _drop_heavy(
         distill(town, features, run / "distill", cfg, device=args.device, resume=started(run / "distill"),
                 quiet=True)))
     return run / "distill" / "checkpoint.pt"
@@ -177,7 +203,8 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
         finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=started(run / "lp"), quiet=True))))
     an = timed("analyze", lambda: cached(run / "analysis.json", lambda: analyze(
         ckpt, per_class=args.per_class, out=run / "analysis", device=args.device, quiet=True, plot=seed == 0)))
-    return {"variant": variant, "seed": seed, "teacher": teacher, "zero_shot": zs["miou"],
+    epochs = json.loads((run / "distill.json").read_text())["config"]["epochs"]
+    return {"variant": variant, "seed": seed, "teacher": teacher, "distill_epochs": epochs, "zero_shot": zs["miou"],
             "zero_shot_of_teacher": zs["miou"] / ceiling,
             "finetune_1pct_id": ft_id["evaluation"]["miou"], "finetune_1pct_ood": ft_ood["evaluation"]["miou"],
             "linear_probe": lp["evaluation"]["miou"], "U_3d": an["uniformity_3d"], "T_3d": an["tolerance_3d"],
@@ -231,10 +258,16 @@ def mean_std(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def summarise(rows: list[dict], upper: list[float], teachers: list[dict]) -> dict:
-    """One teacher's summary: its rows (variants x seeds), the seeds' upper bounds and teacher summaries."""
-    table = {v: {c: mean_std([r[c] for r in rows if r["variant"] == v]) for c in COLUMNS} for v in VARIANTS}
+def summarise(rows: list[dict], upper: list[float], teachers: list[dict], when: str, command: str) -> dict:
+    """One teacher's summary: its rows (variants x seeds), the seeds' upper bounds and teacher summaries; ``when``
+    (a date) and ``command`` say how it was made, with the seeds and epochs, in its ``protocol``."""
     trained = [r for r in rows if r["variant"] != "random-init"]
+    epochs = sorted({r["distill_epochs"] for r in trained})
+    if len(epochs) != 1:
+        raise SystemExit(f"{teachers[0]['teacher']}: its students were distilled for {epochs} epochs; one "
+                         "comparison has one schedule (give another --out)")
+    seeds = len({r["seed"] for r in rows})
+    table = {v: {c: mean_std([r[c] for r in rows if r["variant"] == v]) for c in COLUMNS} for v in VARIANTS}
     correlations = {gap: {m: pearson([r[gap] for r in trained], [r[m] for r in trained])
                           for m in ("zero_shot", "finetune_1pct_id", "finetune_1pct_ood", "linear_probe")}
                     for gap in ("G", "dU", "dT")}
@@ -247,7 +280,9 @@ def summarise(rows: list[dict], upper: list[float], teachers: list[dict]) -> dic
     students = {v: {"zero_shot_miou": table[v]["zero_shot"][0], "zero_shot_miou_std": table[v]["zero_shot"][1],
                     "zero_shot_of_teacher": mean_std([r["zero_shot_of_teacher"] for r in rows if r["variant"] == v])[0]}
                 for v in VARIANTS}
-    return {"teacher": teachers[0]["teacher"], "teacher_zero_shot_miou": ceiling[0], "teacher_zero_shot_miou_std": ceiling[1],
+    return {"teacher": teachers[0]["teacher"], "distill_epochs": epochs[0], "seeds": seeds, "date": when,
+            "protocol": f"{seeds} seeds, each its own town, {epochs[0]} distillation epochs, {when}",
+            "command": command, "teacher_zero_shot_miou": ceiling[0], "teacher_zero_shot_miou_std": ceiling[1],
             "class_mean_oracle_miou": mean_std([t["class_mean_oracle_miou"] for t in teachers])[0],
             "uniformity": mean_std([t["uniformity"] for t in teachers])[0],
             "tolerance": mean_std([t["tolerance"] for t in teachers])[0],
@@ -275,15 +310,43 @@ def teacher_markdown(spec: str, s: dict) -> str:
                  " (val mIoU)", "", "", "", "", "", "", ""])
     corr_rows = [[gap] + [f"{v:+.2f}" if not math.isnan(v) else "n/a" for v in c.values()]
                  for gap, c in s["correlations_pearson"].items()]
-    return (f"### Teacher `{spec}`\n\n" + markdown_table(header, rows)
+    return (f"### Teacher `{spec}`\n\n**Synthetic**: mean ± std, mIoU in %, {s['protocol']}.\n\n"
+            + markdown_table(header, rows)
             + "\nPearson correlation over the trained runs (losses x seeds) between a structural gap and an mIoU:\n\n"
             + markdown_table(["gap", "zero-shot", "1 % ID", "1 % OOD", "linear probe"], corr_rows))
 
 
+def merged(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """One summary from teacher blocks of several comparisons (``TEACHER=path/to/results.json`` each), every block
+    as its comparison wrote it, with its own protocol; ``sources`` says where each came from."""
+    by_teacher, sources = {}, []
+    for item in items:
+        spec, sep, path = item.rpartition("=")
+        if not sep or not spec:
+            parser.error(f"--merge {item}: give TEACHER=RESULTS, e.g. sim-clip=runs/compare/results.json")
+        if spec in by_teacher:
+            parser.error(f"--merge: teacher {spec} named twice")
+        try:
+            source = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{path}: not a readable results.json ({err}); run benchmarks/compare_losses.py first")
+        block = source.get("by_teacher", {}).get(spec)
+        if block is None or "protocol" not in block:
+            raise SystemExit(f"{path}: no teacher {spec} with its protocol (it has "
+                             f"{', '.join(source.get('by_teacher', {})) or 'none'}); rerun the command that made it "
+                             "(every step is cached) to write it")
+        by_teacher[spec] = block
+        sources.append({"teacher": spec, "results": path, "command": block["command"], "date": block["date"],
+                        "seconds_total": source.get("seconds_total")})
+    return {"synthetic": True, "date": date.today().isoformat(), "by_teacher": by_teacher,
+            "claims": {t: s["claims"] for t, s in by_teacher.items()}, "sources": sources,
+            "command": "python benchmarks/compare_losses.py " + " ".join(f"--merge {i}" for i in items)}
+
+
 def write_outputs(summary: dict, out: Path) -> None:
-    md = (f"**Synthetic** (synthetic towns, simulated CLIP teachers): mean ± std over {summary['seeds']} seeds, each "
-          f"seed its own town, mIoU in %, {summary['date']}.\n\n"
-          + "\n".join(teacher_markdown(spec, s) + "\n" + claims_markdown(spec, s["claims"], summary)
+    md = ("**Synthetic** (synthetic towns, simulated CLIP teachers); each teacher's protocol is given with its "
+          "table.\n\n"
+          + "\n".join(teacher_markdown(spec, s) + "\n" + claims_markdown(spec, s["claims"], summary, s["protocol"])
                       for spec, s in summary["by_teacher"].items()))
     atomic_write_text(out / "results.md", md)
     atomic_write_json(out / "results.json", summary)
@@ -343,8 +406,15 @@ def main() -> None:
                              "CPU convolutions use one core, so on 2 cores --jobs 2 nearly halves the time)")
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--replot", action="store_true", help="only redraw the PNGs from results.json")
+    parser.add_argument("--merge", action="append", metavar="TEACHER=RESULTS", default=None,
+                        help="write --out's results from one teacher's block of each named results.json (repeatable; "
+                             "e.g. two comparisons run with different --epochs), running nothing")
     args = parser.parse_args()
     teachers = args.teacher or ["sim-clip"]
+    if args.merge:
+        write_outputs(merged(args.merge, parser), args.out)
+        print((args.out / "results.md").read_text())
+        return
     if args.replot:
         summary = json.loads((args.out / "results.json").read_text())
         for spec, s in summary["by_teacher"].items():
@@ -354,6 +424,10 @@ def main() -> None:
     args.epochs = args.epochs or load_config(DistillConfig, CONFIG_DIR / "distill_cpu.yaml", {}).epochs * args.scale
     started = time.perf_counter()
     seeds = range(args.seeds)
+    for t in teachers:  # before any step runs: a stale cached student would stop the comparison half-way
+        for s in seeds:
+            for v in VARIANTS:
+                check_made_as_asked(teacher_run(args, t, s) / v / "distill.json", distill_config(args, v, s))
     for seed in seeds:
         towns(args, seed)
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
@@ -365,11 +439,13 @@ def main() -> None:
                 for t in teachers for s in seeds for v in VARIANTS}
         upper = [f.result() for f in uppers]
         rows = {k: f.result() for k, f in rows.items()}
-    by_teacher = {t: summarise([rows[t, s, v] for s in seeds for v in VARIANTS], upper, [summaries[t, s] for s in seeds])
-                  for t in teachers}
     command = (f"python benchmarks/compare_losses.py --out {args.out} --seeds {args.seeds} --scale {args.scale} "
                f"--epochs {args.epochs} " + " ".join(f"--teacher {t}" for t in teachers))
-    summary = {"synthetic": True, "date": date.today().isoformat(), "seeds": args.seeds, "scale": args.scale,
+    today = date.today().isoformat()
+    by_teacher = {t: summarise([rows[t, s, v] for s in seeds for v in VARIANTS], upper, [summaries[t, s] for s in seeds],
+                               today, command)
+                  for t in teachers}
+    summary = {"synthetic": True, "date": today, "seeds": args.seeds, "scale": args.scale,
                "distill_epochs": args.epochs,
                "by_teacher": by_teacher, "claims": {t: s["claims"] for t, s in by_teacher.items()},
                "seconds_total": time.perf_counter() - started, "command": command}
