@@ -10,6 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from relational_distill.errors import run_script
 from relational_distill.metrics.structure import tolerance, uniformity, uniformity_sampled
 
 
@@ -46,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from relational_distill.errors import run_script
 from relational_distill.sim.writer import SimConfig, make_town
 
 
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

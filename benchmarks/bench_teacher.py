@@ -10,6 +10,7 @@ import time
 import open_clip
 import torch
 
+from relational_distill.errors import run_script
 from relational_distill.teachers.maskclip import dense_features
 
 
@@ -42,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -27,6 +27,7 @@ from relational_distill.data.nuscenes import load_index
 from relational_distill.data.projection import DEFAULT_MIN_DEPTH
 from relational_distill.data.town import SIDECAR_DIR, TOWN_VERSION
 from relational_distill.engine.precompute import teacher_ceiling, teacher_summary
+from relational_distill.errors import run_script
 from relational_distill.student import zero_shot_labels
 from relational_distill.teachers.sim_clip import SimClipConfig, SimClipTeacher
 
@@ -125,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relational_distill.errors import run_script
 from relational_distill.io import atomic_write_json, atomic_write_text
 from relational_distill.metrics.paired import VERDICTS, paired_bootstrap
 from relational_distill.report import markdown_table
@@ -122,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

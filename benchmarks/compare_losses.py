@@ -50,6 +50,7 @@ from relational_distill.engine.distill import DistillConfig, distill
 from relational_distill.engine.evaluate import evaluate
 from relational_distill.engine.finetune import FinetuneConfig, finetune
 from relational_distill.engine.precompute import PrecomputeConfig, precompute
+from relational_distill.errors import UserError, run_script
 from relational_distill.io import atomic_write_json, atomic_write_text
 from relational_distill.report import markdown_table
 from relational_distill.results import Result
@@ -144,20 +145,20 @@ def check_made_as_asked(made: Path, cfg: DistillConfig) -> None:
     differs = [(k, old.get(k), v) for k, v in (("loss", cfg.loss), ("epochs", cfg.epochs), ("seed", cfg.seed),
                                                 ("preset", cfg.preset)) if old.get(k) != v]
     if differs:
-        raise SystemExit(f"{made}: made with " + ", ".join(f"{k} {a}" for k, a, _ in differs)
+        raise UserError(f"{made}: made with " + ", ".join(f"{k} {a}" for k, a, _ in differs)
                          + ", this comparison asks " + ", ".join(f"{k} {b}" for k, _, b in differs)
                          + ": give another --out")
 
 
-def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> Path:
-    """Distill one student into ``run`` (or read it back, if it was made as asked); its checkpoint."""
+def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> tuple[Path, dict]:
+    """Distill one student into ``run`` (or read it back, if it was made as asked); its checkpoint and result."""
     cfg = distill_config(args, variant, seed)
     made = run / "distill.json"
     check_made_as_asked(made, cfg)
-    cached(made, lambda: _drop_heavy(
+    result = cached(made, lambda: _drop_heavy(
         distill(town, features, run / "distill", cfg, device=args.device, resume=started(run / "distill"),
                 quiet=True)))
-    return run / "distill" / "checkpoint.pt"
+    return run / "distill" / "checkpoint.pt", result
 
 
 def zero_shot_step(args, ckpt: Path, run: Path) -> dict:
@@ -190,7 +191,7 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
         return out
 
     features = teacher_run(args, teacher, seed) / "features"
-    ckpt = timed("distill", lambda: distill_step(args, town, features, run, variant, seed))
+    ckpt, distilled = timed("distill", lambda: distill_step(args, town, features, run, variant, seed))
     zs = timed("zero_shot", lambda: zero_shot_step(args, ckpt, run))
     ft_id = timed("finetune_id", lambda: finetune_id_step(args, ckpt, run, seed))
     # 1 % of the SemanticKITTI-format town's training frames is one frame (every 100th): batches of one
@@ -203,9 +204,8 @@ def run_variant(variant: str, seed: int, args, teacher: str, ceiling: float) -> 
         finetune(ckpt, run / "lp", lp_cfg, device=args.device, resume=started(run / "lp"), quiet=True))))
     an = timed("analyze", lambda: cached(run / "analysis.json", lambda: analyze(
         ckpt, per_class=args.per_class, out=run / "analysis", device=args.device, quiet=True, plot=seed == 0)))
-    epochs = json.loads((run / "distill.json").read_text())["config"]["epochs"]
-    return {"variant": variant, "seed": seed, "teacher": teacher, "distill_epochs": epochs, "zero_shot": zs["miou"],
-            "zero_shot_of_teacher": zs["miou"] / ceiling,
+    return {"variant": variant, "seed": seed, "teacher": teacher, "distill_epochs": distilled["config"]["epochs"],
+            "zero_shot": zs["miou"], "zero_shot_of_teacher": zs["miou"] / ceiling,
             "finetune_1pct_id": ft_id["evaluation"]["miou"], "finetune_1pct_ood": ft_ood["evaluation"]["miou"],
             "linear_probe": lp["evaluation"]["miou"], "U_3d": an["uniformity_3d"], "T_3d": an["tolerance_3d"],
             "G": an["modality_gap"], "U_2d": an["uniformity_2d"], "T_2d": an["tolerance_2d"],
@@ -264,7 +264,7 @@ def summarise(rows: list[dict], upper: list[float], teachers: list[dict], when: 
     trained = [r for r in rows if r["variant"] != "random-init"]
     epochs = sorted({r["distill_epochs"] for r in trained})
     if len(epochs) != 1:
-        raise SystemExit(f"{teachers[0]['teacher']}: its students were distilled for {epochs} epochs; one "
+        raise UserError(f"{teachers[0]['teacher']}: its students were distilled for {epochs} epochs; one "
                          "comparison has one schedule (give another --out)")
     seeds = len({r["seed"] for r in rows})
     table = {v: {c: mean_std([r[c] for r in rows if r["variant"] == v]) for c in COLUMNS} for v in VARIANTS}
@@ -329,10 +329,10 @@ def merged(items: list[str], parser: argparse.ArgumentParser) -> dict:
         try:
             source = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:
-            raise SystemExit(f"{path}: not a readable results.json ({err}); run benchmarks/compare_losses.py first")
+            raise UserError(f"{path}: not a readable results.json ({err}); run benchmarks/compare_losses.py first")
         block = source.get("by_teacher", {}).get(spec)
         if block is None or "protocol" not in block:
-            raise SystemExit(f"{path}: no teacher {spec} with its protocol (it has "
+            raise UserError(f"{path}: no teacher {spec} with its protocol (it has "
                              f"{', '.join(source.get('by_teacher', {})) or 'none'}); rerun the command that made it "
                              "(every step is cached) to write it")
         by_teacher[spec] = block
@@ -454,4 +454,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

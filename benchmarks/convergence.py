@@ -25,6 +25,7 @@ from relational_distill.data.projection import DEFAULT_MIN_DEPTH
 from relational_distill.data.town import TOWN_VERSION
 from relational_distill.engine.distill import DistillConfig, anchor_head, teacher_mean
 from relational_distill.engine.training import cosine_schedule
+from relational_distill.errors import run_script
 from relational_distill.losses import make_loss
 from relational_distill.metrics.segmentation import confusion_matrix, miou
 from relational_distill.models.sparse_unet import Student
@@ -161,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

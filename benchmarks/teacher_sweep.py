@@ -31,6 +31,7 @@ from compare_losses import cached, distill_step, finetune_id_step, teacher_run, 
 from relational_distill.config import CONFIG_DIR, load_config
 from relational_distill.engine.distill import DistillConfig
 from relational_distill.engine.precompute import PrecomputeConfig, precompute
+from relational_distill.errors import UserError, run_script
 from relational_distill.io import atomic_write_json, atomic_write_text
 from relational_distill.report import markdown_table
 from relational_distill.teachers.sim_clip import SimClipConfig
@@ -87,7 +88,7 @@ def run_teacher(q: float, share: float, args) -> dict:
         make = lambda: precompute(PrecomputeConfig(dataroot=town, out=root / "features", teacher="sim-clip",  # noqa: E731
                                                    sim_config=path, quiet=True, summary_per_class=args.per_class))
     elif not (root / "teacher.json").exists():
-        raise SystemExit(f"{root / 'teacher.json'}: missing; run benchmarks/compare_losses.py --out {args.compare} "
+        raise UserError(f"{root / 'teacher.json'}: missing; run benchmarks/compare_losses.py --out {args.compare} "
                          f"--teacher sim-clip --teacher sim-clip:clean first")
     else:
         make = None  # the comparison's own store and summary, read back by cached()
@@ -199,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,8 +1,9 @@
 """The one exception type for mistakes a user can fix (missing folder, corrupt file, mismatched cache).
 
 The CLI prints its message as a single line and exits with code 2; everything else is a bug and keeps
-its traceback.
+its traceback; benchmarks/ scripts do the same through :func:`run_script`.
 """
+import sys
 
 
 class UserError(Exception):
@@ -17,3 +18,13 @@ def user_message(err: UserError) -> str:
         last = text.rstrip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def run_script(main) -> None:
+    """Run a script's ``main`` (the benchmarks/ scripts) the way the CLI runs a command: a :class:`UserError` is one
+    line on stderr and exit code 2, everything else keeps its traceback."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare_losses  # noqa: E402
+
+from relational_distill.errors import UserError  # noqa: E402
 
 
 def _args(epochs: int) -> argparse.Namespace:
@@ -24,9 +27,9 @@ def test_a_student_distilled_for_other_epochs_is_not_reused(tmp_path):
     made.write_text(json.dumps({"config": {"loss": cfg.loss, "epochs": cfg.epochs, "seed": cfg.seed,
                                            "preset": cfg.preset}}))
     compare_losses.check_made_as_asked(made, cfg)
-    with pytest.raises(SystemExit, match=r"distill\.json: made with epochs 32, this comparison asks epochs 64"):
+    with pytest.raises(UserError, match=r"distill\.json: made with epochs 32, this comparison asks epochs 64"):
         compare_losses.check_made_as_asked(made, compare_losses.distill_config(_args(64), "relational", 0))
-    with pytest.raises(SystemExit, match="loss relational, .*asks loss contrastive"):
+    with pytest.raises(UserError, match="loss relational, .*asks loss contrastive"):
         compare_losses.check_made_as_asked(made, compare_losses.distill_config(_args(32), "contrastive", 0))
     # random-init is the relational student with 0 epochs, whatever --epochs says
     assert compare_losses.distill_config(_args(64), "random-init", 0).epochs == 0
@@ -35,7 +38,7 @@ def test_a_student_distilled_for_other_epochs_is_not_reused(tmp_path):
 def test_one_comparison_has_one_schedule():
     rows = [{"variant": "contrastive", "seed": 0, "distill_epochs": 32},
             {"variant": "contrastive", "seed": 1, "distill_epochs": 64}]
-    with pytest.raises(SystemExit, match=r"distilled for \[32, 64\] epochs"):
+    with pytest.raises(UserError, match=r"distilled for \[32, 64\] epochs"):
         compare_losses.summarise(rows, [0.5, 0.5], [{"teacher": "sim-clip"}], "2026-12-01", "cmd")
 
 
@@ -57,11 +60,21 @@ def test_merge_takes_each_named_teacher_from_its_own_comparison(tmp_path):
     assert out["by_teacher"]["sim-clip:clean"]["distill_epochs"] == 32
     assert out["claims"]["sim-clip"] == [{"claim": "sim-clip at 64"}]
     assert [s["results"] for s in out["sources"]] == [long, short]
-    with pytest.raises(SystemExit, match="no teacher sim-clip:clean with its protocol"):
+    with pytest.raises(UserError, match="no teacher sim-clip:clean with its protocol"):
         compare_losses.merged([f"sim-clip:clean={long}"], parser)
     old = _results(tmp_path / "old.json", 32, ("sim-clip",), protocol=False)
-    with pytest.raises(SystemExit, match="rerun the command that made it"):
+    with pytest.raises(UserError, match="rerun the command that made it"):
         compare_losses.merged([f"sim-clip={old}"], parser)
     with pytest.raises(SystemExit) as named_twice:  # argparse's usage error
         compare_losses.merged([f"sim-clip={long}", f"sim-clip={short}"], parser)
     assert named_twice.value.code == 2
+
+
+def test_a_refusal_is_one_line_and_exit_code_2(tmp_path):
+    missing = tmp_path / "missing.json"
+    script = Path(compare_losses.__file__)
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out"), "--merge",
+                           f"sim-clip={missing}"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {missing}: not a readable results.json")
+    assert len(done.stderr.strip().splitlines()) == 1
