@@ -3,7 +3,9 @@
 Makes a 40-sample town and its sim-clip features in a temporary folder unless --town/--features are given
 (with --baseline, each variant makes its own with its own code).
 With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
-REV (extracted into a temporary folder), one after the other in the same run, and the table gives the ratio of
+REV (extracted into a temporary folder; each variant runs its own revision's ``rdistill make-sim / precompute /
+distill`` commands, so a baseline from before a module moved works), one after the other in the same run, and the
+table gives the ratio of
 the medians over --repeats runs of --epochs epochs (16 steps each; a single run moved by up to 1.5x from one run to
 the next). Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless
 --workers.
@@ -30,29 +32,37 @@ def _peak_rss() -> int:
     return 0
 
 
+def _cli(argv: list[str]) -> None:
+    """Run one ``rdistill`` command in this process, with the package on PYTHONPATH: the command line is the
+    interface every revision shares (a baseline from before a module moved keeps its own layout)."""
+    from relational_distill.cli import app
+
+    try:
+        app(argv)
+    except SystemExit as stop:
+        if stop.code:
+            raise
+
+
 def child(args) -> None:
+    """One distillation (``rdistill distill``) of the code on PYTHONPATH; prints its samples/s and peak memory."""
+    argv = ["distill", args.town, "--features", args.features, "--out", args.out, "--loss", args.loss,
+            "--config", args.config, "--epochs", str(args.epochs), "--device", args.device, "--quiet"]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    _cli(argv)
     import torch
 
-    from relational_distill.config import load_config
-    from relational_distill.engine.distill import DistillConfig, distill
-
-    overrides = {"loss": args.loss, "epochs": args.epochs}
-    if args.workers is not None:
-        overrides["workers"] = args.workers
-    cfg = load_config(DistillConfig, Path(args.config), overrides)
-    result = distill(Path(args.town), Path(args.features), Path(args.out), cfg, device=args.device, quiet=True)
+    result = json.loads((Path(args.out) / "distill.json").read_text())
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else _peak_rss()
-    print(json.dumps({"samples_per_second": result.samples_per_second, "peak_bytes": peak}))
+    print(json.dumps({"samples_per_second": result["samples_per_second"], "peak_bytes": peak}))
 
 
 def prepare(town: Path, features: Path) -> None:
-    """A 40-sample town and its sim-clip features, made by the code on PYTHONPATH (each variant makes its own,
-    since feature stores of one version are refused by another)."""
-    from relational_distill.sim.writer import SimConfig, make_town
-    from relational_distill.engine.precompute import PrecomputeConfig, precompute
-
-    make_town(town, SimConfig(scenes=5, samples_per_scene=8))
-    precompute(PrecomputeConfig(dataroot=town, out=features, quiet=True, summary_per_class=100))
+    """A 40-sample town and its ``sim-clip`` features, made by the code on PYTHONPATH (each variant makes its own,
+    since feature stores of one version are refused by another; the teacher does not change a step's cost)."""
+    _cli(["make-sim", str(town), "--scenes", "5", "--samples-per-scene", "8"])
+    _cli(["precompute", str(town), "--teacher", "sim-clip", "--out", str(features), "--quiet"])
 
 
 def main() -> None:
