@@ -146,8 +146,8 @@ def check_made_as_asked(made: Path, cfg: DistillConfig) -> None:
                                                 ("preset", cfg.preset)) if old.get(k) != v]
     if differs:
         raise UserError(f"{made}: made with " + ", ".join(f"{k} {a}" for k, a, _ in differs)
-                         + ", this comparison asks " + ", ".join(f"{k} {b}" for k, _, b in differs)
-                         + ": give another --out")
+                        + ", this comparison asks " + ", ".join(f"{k} {b}" for k, _, b in differs)
+                        + ": give another --out")
 
 
 def distill_step(args, town: Path, features: Path, run: Path, variant: str, seed: int) -> tuple[Path, dict]:
@@ -265,7 +265,7 @@ def summarise(rows: list[dict], upper: list[float], teachers: list[dict], when: 
     epochs = sorted({r["distill_epochs"] for r in trained})
     if len(epochs) != 1:
         raise UserError(f"{teachers[0]['teacher']}: its students were distilled for {epochs} epochs; one "
-                         "comparison has one schedule (give another --out)")
+                        "comparison has one schedule (give another --out)")
     seeds = len({r["seed"] for r in rows})
     table = {v: {c: mean_std([r[c] for r in rows if r["variant"] == v]) for c in COLUMNS} for v in VARIANTS}
     correlations = {gap: {m: pearson([r[gap] for r in trained], [r[m] for r in trained])
@@ -333,8 +333,8 @@ def merged(items: list[str], parser: argparse.ArgumentParser) -> dict:
         block = source.get("by_teacher", {}).get(spec)
         if block is None or "protocol" not in block:
             raise UserError(f"{path}: no teacher {spec} with its protocol (it has "
-                             f"{', '.join(source.get('by_teacher', {})) or 'none'}); rerun the command that made it "
-                             "(every step is cached) to write it")
+                            f"{', '.join(source.get('by_teacher', {})) or 'none'}); rerun the command that made it "
+                            "(every step is cached) to write it")
         by_teacher[spec] = block
         sources.append({"teacher": spec, "results": path, "command": block["command"], "date": block["date"],
                         "seconds_total": source.get("seconds_total")})

@@ -89,7 +89,7 @@ def run_teacher(q: float, share: float, args) -> dict:
                                                    sim_config=path, quiet=True, summary_per_class=args.per_class))
     elif not (root / "teacher.json").exists():
         raise UserError(f"{root / 'teacher.json'}: missing; run benchmarks/compare_losses.py --out {args.compare} "
-                         f"--teacher sim-clip --teacher sim-clip:clean first")
+                        f"--teacher sim-clip --teacher sim-clip:clean first")
     else:
         make = None  # the comparison's own store and summary, read back by cached()
     summary = cached(root / "teacher.json", make)

@@ -1,5 +1,5 @@
 """benchmarks/compare_losses.py: a cached student counts only if it was made as asked; comparisons run with other
-epochs are merged teacher by teacher, each block with its own protocol."""
+epochs are merged teacher by teacher, each block with its own protocol; a refusal is one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
