@@ -5,9 +5,8 @@ Makes a 40-sample town and its sim-clip features in a temporary folder unless --
 With ``--baseline REV`` the same losses also run with the code and the configs/distill_cpu.yaml of git revision
 REV (extracted into a temporary folder; each variant runs its own revision's ``rdistill make-sim / precompute /
 distill`` commands, so a baseline from before a module moved works), one after the other in the same run, and the
-table gives the ratio of
-the medians over --repeats runs of --epochs epochs (16 steps each; a single run moved by up to 1.5x from one run to
-the next). Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless
+table gives the ratio of the medians over --repeats runs of --epochs epochs (16 steps each; a single run moved by up
+to 1.5x from one run to the next). Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless
 --workers.
 
     .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda]
