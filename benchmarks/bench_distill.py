@@ -6,8 +6,8 @@ With ``--baseline REV`` the same losses also run with the code and the configs/d
 REV (extracted into a temporary folder; each variant runs its own revision's ``rdistill make-sim / precompute /
 distill`` commands, so a baseline from before a module moved works), one after the other in the same run, and the
 table gives the ratio of the medians over --repeats runs of --epochs epochs (16 steps each; a single run moved by up
-to 1.5x from one run to the next). Each variant loads its data with its config's DataLoader workers (as `rdistill distill` does) unless
---workers.
+to 1.5x from one run to the next). Each variant loads its data with its config's DataLoader workers (as `rdistill
+distill` does) unless --workers.
 
     .venv/bin/python benchmarks/bench_distill.py [--config configs/distill_cpu.yaml] [--device cuda]
         [--baseline REV] [--repeats 3] [--epochs 1] [--workers N]

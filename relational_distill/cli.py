@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .data.town import TOWN_VERSION
-from .errors import UserError, user_message
+from .errors import UserError, print_user_error
 from .interrupt import Interrupted, stop_on_signals
 from .report import print_table, stdout, write_result
 from .results import Evaluation
@@ -47,7 +47,7 @@ def user_errors(fn):
             with stop_on_signals():
                 return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {user_message(err)}", file=sys.stderr)
+            print_user_error(err)
             raise typer.Exit(2) from None
         except OSError as err:
             if err.errno not in _ENVIRONMENT_ERRNOS:

@@ -10,14 +10,15 @@ class UserError(Exception):
     """A problem with the user's input. The message names the file and says what to do."""
 
 
-def user_message(err: UserError) -> str:
-    """The one-line message of ``err``, also when it was raised in a DataLoader worker: torch re-raises it in the
-    main process with the worker's traceback in the message, whose last line is the original error."""
+def print_user_error(err: UserError) -> None:
+    """Print ``err`` as one line ``error: ...`` on stderr, also when it was raised in a DataLoader worker: torch
+    re-raises it in the main process with the worker's traceback in the message, whose last line is the original
+    error."""
     text = str(err)
     if text.startswith("Caught ") and "\nOriginal Traceback" in text:
         last = text.rstrip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(err).__name__
+    print(f"error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
 
 
 def run_script(main) -> None:
@@ -26,5 +27,5 @@ def run_script(main) -> None:
     try:
         main()
     except UserError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
+        print_user_error(err)
         raise SystemExit(2) from None
